@@ -1,0 +1,205 @@
+"""Head gates, importance, head selection and physical head pruning on tiny random encoders."""
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, CamembertConfig, CamembertModel
+
+from nerdistill.pruning import (
+    HeadGates,
+    head_counts,
+    head_importance,
+    plot_importance,
+    prune_heads,
+    resize_heads,
+    select_heads,
+)
+
+HIDDEN, HEADS, LAYERS = 32, 4, 4
+HEAD_SIZE = HIDDEN // HEADS
+
+
+def _tiny(kind: str = "camembert", attn: str = "sdpa") -> nn.Module:
+    torch.manual_seed(0)
+    config_class, model_class = {"camembert": (CamembertConfig, CamembertModel), "bert": (BertConfig, BertModel)}[kind]
+    config = config_class(vocab_size=60, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                          intermediate_size=64, max_position_embeddings=64, attn_implementation=attn)
+    return model_class(config).eval()
+
+
+def _inputs() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(5, 60, (2, 9), generator=generator)
+    attention_mask = torch.ones(2, 9, dtype=torch.long)
+    attention_mask[1, 6:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def _run(model: nn.Module) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**_inputs()).last_hidden_state
+
+
+def _mask(keep: dict[int, list[int]]) -> torch.Tensor:
+    gates = torch.zeros(LAYERS, HEADS)
+    for layer, heads in keep.items():
+        gates[layer, heads] = 1.0
+    return gates
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+UNEVEN_KEEP = {0: [0, 1, 3], 1: [2], 2: [0, 1, 2, 3], 3: [1, 3]}
+
+
+@pytest.mark.parametrize("kind,attn", [("camembert", "sdpa"), ("camembert", "eager"), ("bert", "sdpa")])
+def test_pruned_model_matches_gated_model(kind: str, attn: str) -> None:
+    model = _tiny(kind, attn)
+    with HeadGates(model, _mask(UNEVEN_KEEP)):
+        gated = _run(model)
+    pruned = copy.deepcopy(model)
+    counts = prune_heads(pruned, UNEVEN_KEEP)
+    assert counts == [3, 1, 4, 2]
+    torch.testing.assert_close(_run(pruned), gated, atol=1e-5, rtol=1e-5)
+    # And the gating is not a no-op: the unpruned model differs.
+    assert not torch.allclose(_run(model), gated, atol=1e-3)
+
+
+def test_gates_are_removed_on_exit() -> None:
+    model = _tiny()
+    before = _run(model)
+    with HeadGates(model, torch.zeros(LAYERS, HEADS)):
+        assert not torch.allclose(_run(model), before, atol=1e-3)
+    torch.testing.assert_close(_run(model), before)
+
+
+def test_parameter_count_drops_by_exactly_the_removed_heads() -> None:
+    model = _tiny()
+    pruned = copy.deepcopy(model)
+    prune_heads(pruned, UNEVEN_KEEP)
+    removed = LAYERS * HEADS - sum(len(heads) for heads in UNEVEN_KEEP.values())
+    # Per head: q, k, v rows (weights + biases) and the output projection's columns (its bias stays).
+    per_head = 3 * (HEAD_SIZE * HIDDEN + HEAD_SIZE) + HIDDEN * HEAD_SIZE
+    assert _n_params(model) - _n_params(pruned) == removed * per_head
+
+
+def test_prune_twice_indices_refer_to_current_heads() -> None:
+    model = _tiny()
+    once = copy.deepcopy(model)
+    prune_heads(once, {0: [1, 2, 3]})
+    prune_heads(once, {0: [0, 2]})  # current heads 0 and 2 = original heads 1 and 3
+    direct = copy.deepcopy(model)
+    prune_heads(direct, {0: [1, 3]})
+    assert head_counts(once) == [2, 4, 4, 4]
+    torch.testing.assert_close(_run(once), _run(direct))
+
+
+def test_resize_then_load_reproduces_uneven_pruned_model() -> None:
+    pruned = _tiny()
+    prune_heads(pruned, UNEVEN_KEEP)
+    fresh = CamembertModel(pruned.config).eval()
+    resize_heads(fresh, [3, 1, 4, 2])
+    fresh.load_state_dict(pruned.state_dict())
+    assert head_counts(fresh) == [3, 1, 4, 2]
+    torch.testing.assert_close(_run(fresh), _run(pruned), atol=0, rtol=0)
+
+
+def test_resize_rejects_bad_counts() -> None:
+    model = _tiny()
+    with pytest.raises(ValueError, match="4 layers"):
+        resize_heads(model, [2, 2])
+    with pytest.raises(ValueError, match="at least one head"):
+        resize_heads(model, [2, 0, 2, 2])
+
+
+def test_prune_rejects_empty_or_bad_keep_lists() -> None:
+    model = _tiny()
+    with pytest.raises(ValueError, match="cannot remove all heads"):
+        prune_heads(model, {1: []})
+    with pytest.raises(ValueError, match="0..3"):
+        prune_heads(model, {1: [4]})
+    with pytest.raises(ValueError, match="layer 7 does not exist"):
+        prune_heads(model, {7: [0]})
+
+
+def test_importance_of_a_dead_head_is_zero() -> None:
+    model = _tiny()
+    value = model.encoder.layer[2].attention.self.value
+    with torch.no_grad():  # head 1 of layer 2 now outputs exactly zero
+        value.weight[HEAD_SIZE:2 * HEAD_SIZE] = 0
+        value.bias[HEAD_SIZE:2 * HEAD_SIZE] = 0
+    batches = [_inputs()] * 3
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return m(**batch).last_hidden_state.pow(2).mean()
+
+    importance = head_importance(model, batches, loss_fn, num_batches=2)
+    assert importance.shape == (LAYERS, HEADS)
+    assert importance[2, 1].item() < 1e-6
+    assert importance[2].max().item() > 0.1
+    torch.testing.assert_close(importance.norm(dim=1), torch.ones(LAYERS))
+    assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_importance_is_nan_for_heads_a_pruned_layer_lacks() -> None:
+    model = _tiny()
+    prune_heads(model, {1: [0, 2]})
+    importance = head_importance(model, [_inputs()], lambda m, b: m(**b).last_hidden_state.sum(), 1)
+    assert torch.isnan(importance[1, 2:]).all() and not torch.isnan(importance[1, :2]).any()
+    keep, report = select_heads(importance, 0.5, "per_layer")
+    assert report["heads_before"] == 14 and keep[1] in ([0], [1])
+
+
+def test_select_ratio_zero_is_a_no_op() -> None:
+    importance = torch.rand(LAYERS, HEADS)
+    for scope in ("per_layer", "global"):
+        keep, report = select_heads(importance, 0.0, scope)
+        assert keep == {layer: list(range(HEADS)) for layer in range(LAYERS)}
+        assert report["removed"] == 0
+
+
+def test_select_per_layer_rounding_and_order() -> None:
+    importance = torch.arange(24, dtype=torch.float).reshape(2, 12).flip(1)  # head 11 least important
+    keep, report = select_heads(importance, 0.25, "per_layer")
+    assert keep == {0: list(range(9)), 1: list(range(9))}  # floor(0.25 * 12) = 3, not 2 from float error
+    assert report["removed"] == report["removed_requested"] == 6
+    keep, report = select_heads(torch.rand(3, 4), 0.3, "per_layer")  # floor(1.2) = 1 per layer
+    assert report["removed"] == 3 and all(len(heads) == 3 for heads in keep.values())
+
+
+def test_select_global_removes_least_important_anywhere() -> None:
+    importance = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.95, 0.3]])
+    keep, report = select_heads(importance, 0.25, "global")  # floor(0.25 * 8) = 2
+    assert keep == {0: [0, 1, 2, 3], 1: [2, 3]}
+    assert report["removed"] == 2 and report["layers_kept_one_head"] == []
+
+
+def test_select_never_empties_a_layer(caplog: pytest.LogCaptureFixture) -> None:
+    importance = torch.tensor([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.05]])
+    with caplog.at_level(logging.WARNING, logger="nerdistill.pruning"):
+        keep, report = select_heads(importance, 0.5, "global")  # 4 lowest are all of layer 1
+    assert keep == {0: [0, 1, 2, 3], 1: [2]}
+    assert report["layers_kept_one_head"] == [1]
+    assert report["removed_requested"] == 4 and report["removed"] == 3
+    assert "layer 1" in caplog.text
+
+
+def test_select_rejects_bad_ratio_and_scope() -> None:
+    with pytest.raises(ValueError, match="ratio"):
+        select_heads(torch.rand(2, 4), 1.5)
+    with pytest.raises(ValueError, match="scope"):
+        select_heads(torch.rand(2, 4), 0.2, "everywhere")  # type: ignore[arg-type]
+
+
+def test_plot_importance_writes_png(tmp_path) -> None:
+    importance = torch.rand(LAYERS, HEADS)
+    importance[1, 3] = float("nan")
+    path = tmp_path / "heads.png"
+    plot_importance(importance, {0: [0, 1], 1: [0, 1, 2], 2: [0, 1, 2, 3], 3: [3]}, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
