@@ -1,0 +1,112 @@
+"""GO / REVIEW / NO-GO for the final student, from the evaluate and bench metrics.
+
+Checks, each on the same CPU variant of the final student (fp32, or dynamic int8 when bench
+measured it):
+- F1 drop, teacher - student in points, <= gate.max_f1_drop. Basis "gold" when evaluate scored
+  a gold set, else "agreement" (F1 against the teacher's own tags); the result names the basis.
+  The int8 variant has only an agreement F1 (bench scores it on the test split), so it is a
+  candidate only on the agreement basis.
+- CPU p50 batch-1 latency on the ~bench.doc_tokens document < gate.go_latency_ms.
+- peak resident memory of the process that loaded and ran the variant < gate.max_memory_mb.
+
+Decision: NO-GO when the F1 drop or the memory check fails or the latency exceeds
+gate.nogo_latency_ms; GO when every check passes; otherwise REVIEW: quality and memory pass
+and the latency lies in [go_latency_ms, nogo_latency_ms], a band the seeds' criteria neither
+accept nor reject, so a person decides. Every candidate variant is judged and the best decision
+wins (ties: lower latency), so a fast int8 that loses too much F1 never hides a good fp32.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from nerdistill.params import Params
+
+logger = logging.getLogger(__name__)
+
+GO, REVIEW, NOGO = "GO", "REVIEW", "NO-GO"
+_RANK = {GO: 0, REVIEW: 1, NOGO: 2}
+FP32, INT8 = "cpu_fp32", "cpu_int8"
+
+
+def run(params: Params, eval_metrics: dict, bench_metrics: dict) -> dict:
+    basis = "gold" if eval_metrics.get("gold") else "agreement"
+    final = _get(bench_metrics, "final", "bench")
+    candidates = [FP32] + ([INT8] if basis == "agreement" and INT8 in _variants(bench_metrics, final) else [])
+    verdicts = {variant: _judge(params, eval_metrics, bench_metrics, basis, final, variant)
+                for variant in candidates}
+    best = min(verdicts, key=lambda v: (_RANK[verdicts[v]["decision"]], verdicts[v]["latency_ms"]))
+    result = {"decision": verdicts[best]["decision"], "basis": basis, "model": final, "variant": best,
+              "checks": verdicts[best]["checks"],
+              "variants": {variant: verdict["decision"] for variant, verdict in verdicts.items()}}
+    logger.info("gate: %s (%s basis, %s %s)", result["decision"], basis, final, best)
+    return result
+
+
+def exit_code(result: dict, params: Params) -> int:
+    """Process exit status for the gate command: 1 on NO-GO when gate.fail_on_nogo, else 0."""
+    return 1 if result["decision"] == NOGO and params.gate.fail_on_nogo else 0
+
+
+def summary(result: dict) -> str:
+    """The decision and each check on one line each, what `nerdistill gate` prints."""
+    lines = [f"{result['decision']}  ({result['model']} {result['variant']}, F1 basis: {result['basis']})"]
+    for check in result["checks"]:
+        mark = "pass" if check["passed"] else "FAIL"
+        lines.append(f"  {mark}  {check['name']} = {check['value']:.2f} (threshold {check['threshold']:g}): "
+                     f"{check['source']}")
+    return "\n".join(lines)
+
+
+def _judge(params: Params, eval_metrics: dict, bench_metrics: dict, basis: str, final: str,
+           variant: str) -> dict:
+    gate = params.gate
+    figures = _variants(bench_metrics, final)[variant]
+    f1_drop = _f1_drop(eval_metrics, bench_metrics, basis, final, variant)
+    latency = _number(figures, "doc_p50_ms", f"bench models.{final}.variants.{variant}")
+    memory = _number(figures, "peak_rss_mb", f"bench models.{final}.variants.{variant}")
+    checks = [
+        _check("f1_drop_points", f1_drop, gate.max_f1_drop, f1_drop <= gate.max_f1_drop,
+               f"teacher - {final} ({variant}) F1 on the {basis} basis, in points"),
+        {**_check("cpu_latency_p50_ms", latency, gate.go_latency_ms, latency < gate.go_latency_ms,
+                  f"{final} ({variant}) batch-1 p50 on a {bench_metrics.get('doc_tokens', '?')}-token "
+                  f"document, {bench_metrics.get('threads', '?')} CPU threads"),
+         "nogo_threshold": gate.nogo_latency_ms},
+        _check("peak_memory_mb", memory, gate.max_memory_mb, memory < gate.max_memory_mb,
+               f"peak resident memory of a fresh process loading and running {final} ({variant})"),
+    ]
+    nogo = not checks[0]["passed"] or not checks[2]["passed"] or latency > gate.nogo_latency_ms
+    decision = NOGO if nogo else GO if all(c["passed"] for c in checks) else REVIEW
+    return {"decision": decision, "checks": checks, "latency_ms": latency}
+
+
+def _f1_drop(eval_metrics: dict, bench_metrics: dict, basis: str, final: str, variant: str) -> float:
+    if variant == FP32:
+        drops = _get(_get(eval_metrics, "f1_drop_points", "eval"), basis, "eval f1_drop_points")
+        return _number(drops, final, f"eval f1_drop_points.{basis}")
+    return _number(_variants(bench_metrics, final)[variant], "f1_drop_points",
+                   f"bench models.{final}.variants.{variant}")
+
+
+def _variants(bench_metrics: dict, model: str) -> dict:
+    models = _get(bench_metrics, "models", "bench")
+    return _get(_get(models, model, "bench models"), "variants", f"bench models.{model}")
+
+
+def _check(name: str, value: float, threshold: float, passed: bool, source: str) -> dict:
+    return {"name": name, "value": value, "threshold": threshold, "passed": passed, "source": source}
+
+
+def _get(tree: dict, key: str, where: str) -> Any:
+    if key not in tree:
+        raise ValueError(f"{where} metrics lack the key {key!r}; re-run the stage that writes them "
+                         "(dvc repro evaluate bench)")
+    return tree[key]
+
+
+def _number(tree: dict, key: str, where: str) -> float:
+    value = _get(tree, key, where)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{where}.{key} = {value!r}; the gate needs a finite number")
+    return float(value)
