@@ -1,0 +1,188 @@
+"""The four distillation losses (Patient KD) and the curriculum that weights them.
+
+Every loss works on word-level tensors (B, W, ...) except the hidden-state loss, which
+compares sub-token states (B, T, H). `distillation_loss` is the single place where the
+weighted total is formed: the Trainer (distill, finetune) and head-importance scoring
+(prune) both call it, so the three stages optimise and measure the same objective.
+
+    total = w_ce * CE + w_kd * KD + w_hidden * Hidden + w_crf * CRF
+
+- CE: CRF negative log-likelihood of the teacher's labels (annotate wrote them).
+- KD: KL(teacher || student) at temperature T, x T^2 (Hinton et al., 2015), computed in a
+  label space both models share (see `DistillContext.build`).
+- Hidden: 1 - cosine between mapped teacher and student layers, over real sub-tokens.
+- CRF: mean squared difference between the student's CRF scores and the teacher's
+  transition prior (log transition frequencies of its labels; the teacher has no CRF).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchcrf import CRF
+
+from nerdistill import labels
+from nerdistill.modeling import CrfStudent, StudentOutput
+
+Weights = tuple[float, float, float, float]  # (ce, kd, hidden, crf)
+
+# Probabilities are clamped before the log: the shared-space sums are exact zeros only
+# when the model is certain, and log(0) would turn a finite KL into NaN gradients.
+_EPS = 1e-12
+
+
+def crf_nll(student: CrfStudent, emissions: torch.Tensor, labels: torch.Tensor,
+            word_mask: torch.Tensor) -> torch.Tensor:
+    """CE loss: CRF negative log-likelihood, mean over the batch's sequences."""
+    return student.nll(emissions, labels, word_mask)
+
+
+def kd_loss(student_emissions: torch.Tensor, teacher_logits: torch.Tensor, word_mask: torch.Tensor,
+            student_to_shared: torch.Tensor, teacher_to_shared: torch.Tensor,
+            temperature: float) -> torch.Tensor:
+    """KL(teacher || student) in the shared label space, x T^2, mean over real words.
+
+    student_emissions (B, W, Ls), teacher_logits (B, W, Lt); the *_to_shared matrices are
+    0/1 with one 1 per row, (Ls, S) and (Lt, S): summing probabilities through them turns a
+    distribution over a model's labels into one over the S shared classes.
+    """
+    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1) @ teacher_to_shared  # (B, W, S)
+    p_student = F.softmax(student_emissions.float() / temperature, dim=-1) @ student_to_shared  # (B, W, S)
+    kl = (p_teacher * (p_teacher.clamp_min(_EPS).log() - p_student.clamp_min(_EPS).log())).sum(-1)  # (B, W)
+    mask = word_mask.to(kl.dtype)
+    return (kl * mask).sum() / mask.sum().clamp_min(1.0) * temperature ** 2
+
+
+def hidden_loss(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
+                pairs: list[tuple[int, int]], attention_mask: torch.Tensor,
+                projection: nn.Module | None = None) -> torch.Tensor:
+    """Mean over (teacher_layer, student_layer) pairs of (1 - cosine), averaged over real sub-tokens.
+
+    Hidden-state tuples index 0 = embeddings, i = layer i, so 1-based layer numbers index
+    them directly. `projection` maps student states to the teacher's width when they differ.
+    """
+    for teacher_layer, student_layer in pairs:
+        if not (0 <= teacher_layer < len(teacher_hidden) and 0 <= student_layer < len(student_hidden)):
+            raise ValueError(f"distill.layer_map pair (teacher {teacher_layer}, student {student_layer}) is out of "
+                             f"range: the teacher has {len(teacher_hidden) - 1} layers and the student "
+                             f"{len(student_hidden) - 1}")
+    mask = attention_mask.float()  # (B, T)
+    losses = []
+    for teacher_layer, student_layer in pairs:
+        student_state = student_hidden[student_layer]  # (B, T, Hs)
+        if projection is not None:
+            student_state = projection(student_state)  # (B, T, Ht)
+        cosine = F.cosine_similarity(student_state.float(), teacher_hidden[teacher_layer].float(), dim=-1)  # (B, T)
+        losses.append(((1.0 - cosine) * mask).sum() / mask.sum().clamp_min(1.0))
+    return torch.stack(losses).mean()
+
+
+def transition_loss(crf: CRF, prior_start: torch.Tensor, prior_end: torch.Tensor,
+                    prior_transitions: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the CRF's start/end/transition scores and the prior."""
+    diffs = torch.cat([(crf.start_transitions - prior_start).flatten(),
+                       (crf.end_transitions - prior_end).flatten(),
+                       (crf.transitions - prior_transitions).flatten()])
+    return diffs.pow(2).mean()
+
+
+def phase_weights(epoch: float, phase1_epochs: int, phase1: Weights, phase2: Weights) -> Weights:
+    """Curriculum: `phase1` during epochs [0, phase1_epochs) (0-based, as Trainer's state.epoch), then `phase2`."""
+    return tuple(phase1) if epoch < phase1_epochs else tuple(phase2)
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    ce: torch.Tensor
+    kd: torch.Tensor
+    hidden: torch.Tensor
+    crf: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        """Detached values for logging: loss, loss_ce, loss_kd, loss_hidden, loss_crf."""
+        return {"loss": self.total.item(), "loss_ce": self.ce.item(), "loss_kd": self.kd.item(),
+                "loss_hidden": self.hidden.item(), "loss_crf": self.crf.item()}
+
+
+@dataclass
+class DistillContext:
+    """What the losses need beyond the two models' outputs; built once per stage."""
+
+    temperature: float
+    layer_pairs: list[tuple[int, int]]  # (teacher layer, student layer), 1-based
+    student_to_shared: torch.Tensor  # (Ls, S)
+    teacher_to_shared: torch.Tensor  # (Lt, S)
+    shared_names: list[str]
+    prior_start: torch.Tensor  # (Ls,)
+    prior_end: torch.Tensor  # (Ls,)
+    prior_transitions: torch.Tensor  # (Ls, Ls)
+
+    @classmethod
+    def build(cls, student: CrfStudent, teacher_id2label: dict[int, str], dropped_types: list[str] | tuple[str, ...],
+              transitions: dict[str, Any], layer_map_pairs: list[tuple[int, int]], temperature: float,
+              device: str | torch.device) -> DistillContext:
+        """Shared label space, transition prior and layer pairs, on `device`.
+
+        The shared space has one class per entity type the student keeps plus O: the
+        student's B-X and I-X both count as X, and teacher types the student dropped
+        (`annotate.drop_types`) count as O, which is what annotate turned them into.
+        """
+        _check_pairs(layer_map_pairs, student.config.encoder.num_hidden_layers)
+        teacher_to_shared, student_to_shared, names = labels.shared_space(
+            teacher_id2label, student.config.id2label, dropped_types)
+        names_in_order = labels.ordered_labels(student.config.id2label)
+        if list(transitions.get("labels", [])) != names_in_order:
+            raise ValueError(f"transitions.json labels {transitions.get('labels')} differ from the student's labels "
+                             f"{names_in_order}; re-run annotate so both come from the same label set")
+
+        def tensor(value: Any) -> torch.Tensor:
+            return torch.as_tensor(value, dtype=torch.float32, device=device)
+
+        return cls(temperature=temperature, layer_pairs=[(int(t), int(s)) for t, s in layer_map_pairs],
+                   student_to_shared=tensor(student_to_shared), teacher_to_shared=tensor(teacher_to_shared),
+                   shared_names=list(names), prior_start=tensor(transitions["start"]),
+                   prior_end=tensor(transitions["end"]), prior_transitions=tensor(transitions["transitions"]))
+
+    def needs_hidden(self, weights: Weights) -> bool:
+        """Whether both models must return hidden states for these weights."""
+        return weights[2] > 0 and bool(self.layer_pairs)
+
+
+def distillation_loss(student: CrfStudent, student_out: StudentOutput, teacher_logits: torch.Tensor,
+                      teacher_hidden: tuple[torch.Tensor, ...] | None, batch: dict[str, torch.Tensor],
+                      weights: Weights, ctx: DistillContext) -> LossParts:
+    """The weighted sum of the four losses, and each part for logging.
+
+    `student_out` must come from `student(**batch)` (with labels, so that its loss is the CE
+    part); when the hidden weight is > 0 both models must have returned hidden states.
+    """
+    w_ce, w_kd, w_hidden, w_crf = weights
+    word_mask = batch["word_mask"]
+    emissions = student_out.emissions  # (B, W, Ls)
+    ce = (student_out.loss if student_out.loss is not None
+          else crf_nll(student, emissions, batch["labels"], word_mask))
+    kd = kd_loss(emissions, teacher_logits, word_mask, ctx.student_to_shared, ctx.teacher_to_shared,
+                 ctx.temperature)
+    if w_hidden > 0 and (student_out.hidden_states is None or teacher_hidden is None):
+        raise ValueError("hidden-state loss weight > 0 but hidden states are missing; run both models "
+                         "with output_hidden_states=True")
+    if student_out.hidden_states is not None and teacher_hidden is not None and ctx.layer_pairs:
+        hidden = hidden_loss(student_out.hidden_states, teacher_hidden, ctx.layer_pairs, batch["attention_mask"],
+                             student.hidden_projection)
+    else:
+        hidden = emissions.new_zeros(())
+    crf = transition_loss(student.crf, ctx.prior_start, ctx.prior_end, ctx.prior_transitions)
+    total = w_ce * ce + w_kd * kd + w_hidden * hidden + w_crf * crf
+    return LossParts(total=total, ce=ce, kd=kd, hidden=hidden, crf=crf)
+
+
+def _check_pairs(pairs: list[tuple[int, int]], student_layers: int) -> None:
+    for teacher_layer, student_layer in pairs:
+        if not 1 <= student_layer <= student_layers or teacher_layer < 1:
+            raise ValueError(f"distill.layer_map pair (teacher {teacher_layer}, student {student_layer}): layer "
+                             f"numbers are 1-based and the student has {student_layers} layers")
+

@@ -1,0 +1,290 @@
+"""The student: a BERT-family encoder, linear emissions and a CRF over words.
+
+The student is built from the teacher (same tokenizer, embeddings and width; a chosen
+subset of its layers), so one batch feeds both. The CRF runs over words, not sub-tokens:
+each word's emission is read at its first sub-token (`word_index`) and words are
+left-packed (`word_mask`), because pytorch-crf needs the first position of every sequence on.
+
+A saved student folder holds `config.json` (a `StudentConfig`: encoder config, head counts
+once pruned, labels, provenance) and `model.safetensors`; `CrfStudent.from_pretrained`
+rebuilds the pruned shapes from `head_counts` before it loads the weights.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torchcrf import CRF
+from transformers import (AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer,
+                          PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import initialization as init
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import ModelOutput
+
+from nerdistill.labels import allowed_start, allowed_transition
+from nerdistill.pruning import resize_heads
+
+logger = logging.getLogger(__name__)
+
+# Score given to IOB2-impossible moves at decoding time: low enough that Viterbi never takes
+# them while a legal path exists (O and B-X are always legal), finite so that no NaN appears.
+FORBIDDEN = -1e4
+
+
+class StudentConfig(PreTrainedConfig):
+    """Encoder config + what the student adds: labels, pruned head counts, provenance.
+
+    `encoder` is the encoder's own config (camembert, roberta, bert, xlm-roberta...), saved
+    as a nested dict with its model_type. `head_counts[i]` is the number of attention heads
+    layer i keeps after pruning (None: unpruned). `teacher_hidden_size` sizes the projection
+    used by the hidden-state loss when the two widths differ. `provenance` records the
+    teacher, the copied teacher layers, the layer map and the resolved params.
+    """
+
+    model_type = "nerdistill-crf-student"
+    sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="camembert")}
+
+    encoder: PreTrainedConfig | dict | None = None
+    head_counts: list[int] | None = None
+    teacher_hidden_size: int | None = None
+    classifier_dropout: float = 0.1
+    provenance: dict | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        super().__post_init__(**kwargs)
+        if self.teacher_hidden_size is None:
+            self.teacher_hidden_size = self.encoder.hidden_size
+        if self.head_counts is not None:
+            self.head_counts = [int(count) for count in self.head_counts]
+            layers, heads = self.encoder.num_hidden_layers, self.encoder.num_attention_heads
+            if len(self.head_counts) != layers or not all(1 <= c <= heads for c in self.head_counts):
+                raise ValueError(f"config head_counts = {self.head_counts}: expected {layers} counts, "
+                                 f"each in 1..{heads} (one per encoder layer)")
+
+
+@dataclass
+class StudentOutput(ModelOutput):
+    """`loss`: CRF NLL averaged over the batch (when labels are given). `emissions`: (B, W, L)
+    word-level scores. `hidden_states`: sub-token level, index 0 = embeddings, i = layer i."""
+
+    loss: torch.Tensor | None = None
+    emissions: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+class CrfStudent(PreTrainedModel):
+    config_class = StudentConfig
+    base_model_prefix = "encoder"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = []
+
+    def __init__(self, config: StudentConfig) -> None:
+        super().__init__(config)
+        self.encoder = AutoModel.from_config(config.encoder, add_pooling_layer=False)
+        if config.head_counts is not None:
+            # Before any weights load: a pruned checkpoint only fits the smaller shapes.
+            resize_heads(self.encoder, config.head_counts)
+        hidden = config.encoder.hidden_size
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.emissions = nn.Linear(hidden, config.num_labels)
+        self.crf = CRF(config.num_labels, batch_first=True)
+        self.hidden_projection = (nn.Linear(hidden, config.teacher_hidden_size)
+                                  if config.teacher_hidden_size != hidden else None)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, CRF):
+            # pytorch-crf's own reset_parameters range.
+            for param in (module.start_transitions, module.end_transitions, module.transitions):
+                init.uniform_(param, -0.1, 0.1)
+        else:
+            super()._init_weights(module)
+
+    @property
+    def o_id(self) -> int:
+        return self.config.label2id["O"]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_index: torch.Tensor,
+                word_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                output_hidden_states: bool = False) -> StudentOutput:
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                           output_hidden_states=output_hidden_states)
+        words = gather_words(out.last_hidden_state, word_index)  # (B, W, H)
+        emissions = self.emissions(self.dropout(words))  # (B, W, L)
+        loss = None
+        if labels is not None:
+            loss = self.nll(emissions, labels, word_mask)
+        return StudentOutput(loss=loss, emissions=emissions,
+                             hidden_states=out.hidden_states if output_hidden_states else None)
+
+    def nll(self, emissions: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+        """CRF negative log-likelihood, averaged over the sequences of the batch."""
+        mask = word_mask.bool()
+        # -100 marks padding; the CRF ignores masked positions but still indexes them.
+        tags = labels.masked_fill(labels == -100, self.o_id)  # (B, W)
+        # pytorch-crf runs in the emissions' dtype; fp16 autocast would overflow its logsumexp.
+        return -self.crf(emissions.float(), tags, mask=mask, reduction="mean")
+
+    def constrained_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(start (L,), end (L,), transitions (L, L)) with IOB2-impossible moves set to FORBIDDEN."""
+        names = [self.config.id2label[i] for i in range(self.config.num_labels)]
+        start_ok = torch.tensor([allowed_start(name) for name in names])
+        move_ok = torch.tensor([[allowed_transition(prev, nxt) for nxt in names] for prev in names])
+        crf = self.crf
+        start = crf.start_transitions.detach().masked_fill(~start_ok.to(crf.transitions.device), FORBIDDEN)
+        moves = crf.transitions.detach().masked_fill(~move_ok.to(crf.transitions.device), FORBIDDEN)
+        return start, crf.end_transitions.detach(), moves
+
+    @torch.no_grad()
+    def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor) -> list[list[int]]:
+        """Best IOB2-valid label ids of each sequence, one per real word."""
+        start, end, moves = self.constrained_transitions()
+        return viterbi(emissions.float(), word_mask.bool(), start.float(), end.float(), moves.float())
+
+
+def gather_words(sequence: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) sub-token vectors -> (B, W, D) vectors of each word's first sub-token."""
+    index = word_index.unsqueeze(-1).expand(-1, -1, sequence.size(-1))  # (B, W, D)
+    return sequence.gather(1, index)
+
+
+def viterbi(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+            transitions: torch.Tensor) -> list[list[int]]:
+    """Batched Viterbi. emissions (B, W, L), mask (B, W) left-packed; returns one path per row.
+
+    transitions[i, j] scores label i followed by label j, as in pytorch-crf.
+    """
+    batch, width, _ = emissions.shape
+    score = start + emissions[:, 0]  # (B, L)
+    backpointers = []
+    for t in range(1, width):
+        candidates = score.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1)  # (B, L prev, L next)
+        best, best_prev = candidates.max(dim=1)  # (B, L)
+        # Past a sequence's end its score is frozen, so the final max is that of its last word.
+        score = torch.where(mask[:, t].unsqueeze(1), best, score)
+        backpointers.append(best_prev)
+    score = score + end
+    lengths = mask.sum(dim=1).tolist()
+    last = score.argmax(dim=1).tolist()
+    history = torch.stack(backpointers, dim=1).tolist() if backpointers else []  # (B, W-1, L)
+    paths = []
+    for row in range(batch):
+        if lengths[row] == 0:
+            paths.append([])
+            continue
+        path = [last[row]]
+        for t in range(lengths[row] - 2, -1, -1):
+            path.append(history[row][t][path[-1]])
+        paths.append(path[::-1])
+    return paths
+
+
+def build_student(teacher: PreTrainedModel, id2label: dict[int, str], teacher_layers: list[int],
+                  dropout: float, provenance: dict[str, Any]) -> CrfStudent:
+    """A student whose embeddings and layers are copies of the teacher's.
+
+    `teacher_layers` are 1-based teacher layer numbers, one per student layer, in order.
+    `dropout` sets the encoder's hidden and attention dropout and the emissions dropout.
+    """
+    base = teacher.base_model
+    depth = teacher.config.num_hidden_layers
+    bad = [layer for layer in teacher_layers if not 1 <= layer <= depth]
+    if bad or not teacher_layers:
+        raise ValueError(f"student.teacher_layers = {list(teacher_layers)}: the teacher has {depth} layers; "
+                         f"use 1-based layer numbers in 1..{depth} (got {bad or 'an empty list'})")
+    encoder_config = _encoder_config(teacher.config, len(teacher_layers), dropout)
+    label2id = {name: int(i) for i, name in id2label.items()}
+    if "O" not in label2id:
+        raise ValueError(f"student labels {sorted(label2id)} have no 'O'; labels must be IOB2 with an O label")
+    config = StudentConfig(
+        encoder=encoder_config, id2label=dict(id2label), label2id=label2id,
+        teacher_hidden_size=teacher.config.hidden_size, classifier_dropout=dropout,
+        provenance={"teacher": teacher.config.name_or_path, **provenance, "teacher_layers": list(teacher_layers)})
+    student = CrfStudent(config)
+    student.encoder.load_state_dict(_mapped_state(base.state_dict(), student.encoder.state_dict(), teacher_layers))
+    return student
+
+
+def _encoder_config(teacher_config: PreTrainedConfig, num_layers: int, dropout: float) -> dict[str, Any]:
+    raw = teacher_config.to_dict()
+    # Teacher-head fields (its labels, architecture) mean nothing for the student's encoder.
+    for key in ("id2label", "label2id", "architectures", "_name_or_path", "finetuning_task", "problem_type"):
+        raw.pop(key, None)
+    raw.update(num_hidden_layers=num_layers, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return raw
+
+
+def _mapped_state(teacher_state: dict[str, torch.Tensor], student_state: dict[str, torch.Tensor],
+                  teacher_layers: list[int]) -> dict[str, torch.Tensor]:
+    """Student encoder key -> a copy of the teacher tensor it starts from (layer i <- teacher_layers[i])."""
+    pattern = re.compile(r"^encoder\.layer\.(\d+)\.")
+    mapped = {}
+    for key in student_state:
+        match = pattern.match(key)
+        source = (pattern.sub(f"encoder.layer.{teacher_layers[int(match.group(1))] - 1}.", key)
+                  if match else key)
+        if source not in teacher_state:
+            raise ValueError(f"teacher has no weight {source!r} for student weight {key!r}; the teacher must be "
+                             "a BERT/RoBERTa/CamemBERT/XLM-R token-classification model")
+        mapped[key] = teacher_state[source].detach().clone()
+    return mapped
+
+
+def init_transitions(student: CrfStudent, prior: dict[str, Any]) -> None:
+    """Start the CRF from transitions.json's log transition frequencies."""
+    names = [student.config.id2label[i] for i in range(student.config.num_labels)]
+    if list(prior.get("labels", [])) != names:
+        raise ValueError(f"transitions.json labels {prior.get('labels')} differ from the student's labels {names} "
+                         "(label2id order); re-run annotate so both come from the same label set")
+    crf = student.crf
+    with torch.no_grad():
+        for param, key in ((crf.start_transitions, "start"), (crf.end_transitions, "end"),
+                           (crf.transitions, "transitions")):
+            value = torch.tensor(prior[key], dtype=param.dtype, device=param.device)
+            if value.shape != param.shape:
+                raise ValueError(f"transitions.json {key!r} has shape {tuple(value.shape)}, "
+                                 f"expected {tuple(param.shape)} for {len(names)} labels")
+            param.copy_(value)
+
+
+def load_teacher(name_or_path: str | Path, device: str | torch.device = "cpu"
+                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A frozen token-classification teacher in eval mode, and its tokenizer."""
+    name = str(name_or_path)
+    looks_local = Path(name).is_absolute() or name.startswith((".", "~")) or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise OSError(f"teacher.model_name = {name!r}: no such folder; point teacher.model_name at a folder "
+                      "holding config.json, the weights and the tokenizer, or at a hub id")
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        raise OSError(f"teacher.model_name = {name!r} could not be loaded ({err}). Without access to the "
+                      "Hugging Face hub (offline box, HF_HUB_OFFLINE=1) and no cached copy, download the model "
+                      "elsewhere and point teacher.model_name at its local folder") from err
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def teacher_forward(teacher: PreTrainedModel, batch: dict[str, torch.Tensor], output_hidden_states: bool
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Teacher logits (B, W, Lt) at each word's first sub-token, and its hidden states if asked."""
+    # no_grad rather than inference_mode: the KD and hidden losses save these tensors for the
+    # student's backward pass, which inference tensors forbid.
+    with torch.no_grad():
+        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      output_hidden_states=output_hidden_states)
+    logits = gather_words(out.logits, batch["word_index"])  # (B, W, Lt)
+    return logits, (out.hidden_states if output_hidden_states else None)
+
+
+AutoConfig.register(StudentConfig.model_type, StudentConfig)
+AutoModel.register(StudentConfig, CrfStudent)
