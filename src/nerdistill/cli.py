@@ -1,0 +1,245 @@
+"""`nerdistill <command>`: one console script, a thin entry per stage.
+
+Each entry parses paths (they are written once, in dvc.yaml), loads and validates params,
+opens the stage's MLflow run, calls the stage's pure `run`, and writes its metrics file.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from nerdistill.io import InputError
+from nerdistill.params import Params, ParamsError, load_params
+
+log = logging.getLogger("nerdistill")
+
+# The params sections each stage reads; logged on its MLflow run (dvc.yaml lists the same keys).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "annotate": ("base", "teacher", "annotate"),
+    "distill": ("base", "teacher", "student", "distill"),
+    "prune": ("base", "teacher", "distill", "pruning"),
+    "finetune": ("base", "teacher", "distill", "finetune"),
+    "evaluate": ("teacher", "evaluate"),
+    "bench": ("base", "teacher", "bench"),
+    "gate": ("gate",),
+}
+
+
+def _model_pairs(values: list[str]) -> dict[str, str]:
+    models: dict[str, str] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--model {value!r}: expected NAME=FOLDER, e.g. --model final=models/student_final")
+        models[name] = path
+    return models
+
+
+def _stage(name: str) -> Any:
+    return importlib.import_module(f"nerdistill.stages.{name}")
+
+
+def _tracked(stage: str, params: Params, metrics_path: Path, call: Callable[[], dict],
+             artifacts: tuple[Path, ...] = (), to_parent: bool = False) -> dict:
+    from nerdistill import tracking
+
+    with tracking.stage_run(stage, params, STAGE_SECTIONS[stage]) as run:
+        metrics = call()
+        run.write_metrics(metrics_path, metrics, to_parent=to_parent)
+        for artifact in artifacts:
+            run.log_artifact(artifact)
+        if stage == "gate":
+            run.set_parent_tag("gate", metrics["decision"])
+    return metrics
+
+
+def cmd_annotate(args: argparse.Namespace, params: Params) -> int:
+    run = lambda: _stage("annotate").run(params, corpus=args.corpus, out_dir=args.out)
+    _tracked("annotate", params, args.metrics, run,
+             artifacts=(args.out / "label2id.json", args.out / "transitions.json"))
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace, params: Params) -> int:
+    run = lambda: _stage("distill").run(
+        params, data_dir=args.data, out_dir=args.out, history_csv=args.history,
+        components_csv=args.components, plot_png=args.plot, checkpoint_dir=args.checkpoints,
+        resume=args.resume)
+    _tracked("distill", params, args.metrics, run, artifacts=(args.history, args.components, args.plot))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, params: Params) -> int:
+    run = lambda: _stage("prune").run(
+        params, model_dir=args.model, data_dir=args.data, out_dir=args.out,
+        importance_json=args.importance, heatmap_png=args.heatmap)
+    _tracked("prune", params, args.metrics, run,
+             artifacts=(args.importance, args.heatmap, args.out / "heads_pruned.json"))
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace, params: Params) -> int:
+    run = lambda: _stage("finetune").run(
+        params, model_dir=args.model, data_dir=args.data, out_dir=args.out, history_csv=args.history,
+        plot_png=args.plot, checkpoint_dir=args.checkpoints, resume=args.resume)
+    _tracked("finetune", params, args.metrics, run, artifacts=(args.history, args.plot, args.out))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, params: Params) -> int:
+    models = {"teacher": params.teacher.model_name, **_model_pairs(args.model)}
+    run = lambda: _stage("evaluate").run(
+        params, data_dir=args.data, models=models, per_class_csv=args.per_class,
+        confusion_png=args.confusion, errors_path=args.errors)
+    _tracked("evaluate", params, args.metrics, run,
+             artifacts=(args.per_class, args.confusion, args.errors), to_parent=True)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, params: Params) -> int:
+    models = {"teacher": params.teacher.model_name, **_model_pairs(args.model)}
+    run = lambda: _stage("bench").run(params, data_dir=args.data, models=models, latency_png=args.plot)
+    _tracked("bench", params, args.metrics, run, artifacts=(args.plot,), to_parent=True)
+    return 0
+
+
+def cmd_gate(args: argparse.Namespace, params: Params) -> int:
+    from nerdistill.io import read_json
+
+    gate = _stage("gate")
+    eval_metrics, bench_metrics = read_json(args.eval), read_json(args.bench)
+    result = _tracked("gate", params, args.out, lambda: gate.run(params, eval_metrics, bench_metrics),
+                      to_parent=True)
+    print(gate.summary(result))
+    return gate.exit_code(result, params)
+
+
+def cmd_predict(args: argparse.Namespace, params: Params | None) -> int:
+    from nerdistill.predict import NerTagger, predict_stream
+
+    tagger = NerTagger.load(str(args.model))
+    counts = predict_stream(tagger, args.input, args.output, batch_size=args.batch_size)
+    log.info("predict: %s", counts)
+    return 1 if counts.get("failed", 0) else 0
+
+
+def cmd_export(args: argparse.Namespace, params: Params | None) -> int:
+    from nerdistill.export import export_onnx
+
+    summary = export_onnx(args.model, args.out, int8=args.int8)
+    log.info("export: %s", summary)
+    return 0
+
+
+def cmd_make_corpus(args: argparse.Namespace, params: Params | None) -> int:
+    from nerdistill.demo.corpus import write_corpus
+
+    write_corpus(args.out, seed=args.seed, n=args.n)
+    return 0
+
+
+def cmd_demo_teacher(args: argparse.Namespace, params: Params | None) -> int:
+    from nerdistill.demo.teacher import build_demo_teacher
+
+    build_demo_teacher(args.out, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nerdistill", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable, help_text: str, needs_params: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func, needs_params=needs_params)
+        return p
+
+    p = add("annotate", cmd_annotate, "teacher auto-annotates the raw corpus into train/val/test splits")
+    p.add_argument("--corpus", type=Path, required=True, help=".txt (one phrase a line) or .jsonl with a text field")
+    p.add_argument("--out", type=Path, required=True, help="folder for {train,val,test}.jsonl, label2id.json, transitions.json")
+    p.add_argument("--metrics", type=Path, required=True)
+
+    for name, func, help_text in (("distill", cmd_distill, "train the CRF student from the teacher (Patient KD)"),
+                                  ("finetune", cmd_finetune, "recover the pruned student with the teacher")):
+        p = add(name, func, help_text)
+        if name == "finetune":
+            p.add_argument("--model", type=Path, required=True, help="pruned student folder")
+        p.add_argument("--data", type=Path, required=True, help="annotate's output folder")
+        p.add_argument("--out", type=Path, required=True, help="folder for the best student")
+        p.add_argument("--metrics", type=Path, required=True)
+        p.add_argument("--history", type=Path, required=True, help="per-epoch history CSV")
+        if name == "distill":
+            p.add_argument("--components", type=Path, required=True, help="per-epoch loss components CSV")
+        p.add_argument("--plot", type=Path, required=True, help="training curves PNG")
+        p.add_argument("--checkpoints", type=Path, required=True, help="Trainer checkpoints (not a DVC output)")
+        p.add_argument("--resume", action="store_true", help="continue from the last checkpoint after an interruption")
+
+    p = add("prune", cmd_prune, "remove the least important attention heads physically")
+    p.add_argument("--model", type=Path, required=True, help="distilled student folder")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--importance", type=Path, required=True, help="head importance JSON")
+    p.add_argument("--heatmap", type=Path, required=True, help="head importance PNG")
+
+    p = add("evaluate", cmd_evaluate, "seqeval strict IOB2 scores of the teacher and every student")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER", help="a student to score (repeatable)")
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--per-class", type=Path, required=True)
+    p.add_argument("--confusion", type=Path, required=True)
+    p.add_argument("--errors", type=Path, required=True)
+
+    p = add("bench", cmd_bench, "latency, throughput, memory and size of the teacher and every student")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER", help="a student to time (repeatable)")
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--plot", type=Path, required=True)
+
+    p = add("gate", cmd_gate, "GO / NO-GO from the eval and bench metrics")
+    p.add_argument("--eval", type=Path, required=True)
+    p.add_argument("--bench", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = add("predict", cmd_predict, "tag texts with a student, an ONNX export or a teacher", needs_params=False)
+    p.add_argument("--model", type=Path, default=Path("models/student_final"))
+    p.add_argument("--input", default="-", help=".txt, .jsonl or - for stdin")
+    p.add_argument("--output", default="-", help=".jsonl or - for stdout")
+    p.add_argument("--batch-size", type=int, default=32)
+
+    p = add("export", cmd_export, "ONNX export of a student (optionally dynamic int8)", needs_params=False)
+    p.add_argument("--model", type=Path, default=Path("models/student_final"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--int8", action="store_true")
+
+    p = add("make-corpus", cmd_make_corpus, "regenerate the shipped sample corpus", needs_params=False)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n", type=int, default=1200)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("demo-teacher", cmd_demo_teacher, "build the small offline demo teacher", needs_params=False)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        params = load_params(args.params) if args.needs_params else None
+        return args.func(args, params)
+    except (ParamsError, InputError) as err:
+        log.error("%s", err)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""params.yaml -> typed params: defaults are the seeds' configuration, bad values name their key."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nerdistill.params import ParamsError, load_params, params_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_are_the_seeds_configuration():
+    params = load_params(REPO / "params.yaml")
+    assert params.teacher.model_name == "Jean-Baptiste/camembert-ner"
+    assert params.student.num_layers == 10
+    assert params.distill.temperature == 2.5
+    assert params.pruning.ratio == 0.25
+    assert (params.distill.epochs, params.finetune.epochs) == (10, 2)
+    assert params.distill.batch_size == 16 and params.distill.learning_rate == 2e-5
+    assert params.distill.layer_map.pairs() == [(2, 2), (4, 3), (6, 5), (8, 7), (10, 9), (12, 10)]
+
+
+def test_every_student_layer_in_the_layer_map_starts_from_its_teacher_layer():
+    params = load_params(REPO / "params.yaml")
+    for teacher_layer, student_layer in params.distill.layer_map.pairs():
+        assert params.student.teacher_layers[student_layer - 1] == teacher_layer
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"pruning": {"ratio": 1.0}}, "pruning.ratio"),
+    ({"pruning": {"ratio": -0.1}}, "pruning.ratio"),
+    ({"distill": {"epochs": 0}}, "distill.epochs"),
+    ({"distill": {"temperature": "hot"}}, "distill.temperature"),
+    ({"distill": {"layer_map": {"teacher": [2, 4], "student": [2]}}}, "distill.layer_map"),
+    ({"pruning": {"scope": "random"}}, "pruning.scope"),
+    ({"pruning": {"ratoi": 0.2}}, "pruning.ratoi"),
+    ({"student": {"num_layers": 4}}, "student.teacher_layers"),
+    ({"annotate": {"split": {"train": 0.8, "val": 0.1, "test": 0.2}}}, "annotate.split"),
+    ({"evaluate": {"gold_path": "no/such/file.conll"}}, "evaluate.gold_path"),
+    ({"gate": {"fail_on_nogo": "yes"}}, "gate.fail_on_nogo"),
+    ({"finetune": {"weights": [1.0, 0.8]}}, "finetune.weights"),
+    ({"extra": {}}, "extra"),
+])
+def test_bad_values_name_the_key(raw, key):
+    with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
+        params_from_dict(raw)
+
+
+def test_allowed_values_are_listed():
+    with pytest.raises(ParamsError, match="per_layer, global"):
+        params_from_dict({"pruning": {"scope": "random"}})
+
+
+def test_load_params_names_the_file(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"pruning": {"ratio": 2}}))
+    with pytest.raises(ParamsError, match=str(path)):
+        load_params(path)
+    with pytest.raises(ParamsError, match="not found"):
+        load_params(tmp_path / "missing.yaml")
+
+
+def test_flat_keys_match_dvc_set_syntax():
+    flat = params_from_dict({}).flat()
+    assert flat["pruning.ratio"] == 0.25
+    assert flat["distill.layer_map.teacher"] == [2, 4, 6, 8, 10, 12]
