@@ -173,7 +173,7 @@ TEMPLATES: dict[str, list[str]] = {
         "{TITLE} {LAST} est suivi{e} {à:HOSP_CITY} depuis {MONTH}.",
         "Le dossier de {TITLE} {LAST} a été transmis {à:ADMIN_CITY}.",
         "{TITLE} {NAME}, {AGE} ans, est admis{e} aux urgences {de:HOSP_CITY} pour une douleur thoracique.",
-        "Patient{e} de {AGE} ans, adressé{e} par le Dr {LAST} de {CITY}, pour bilan d'une anémie.",
+        "Patient{e} de {AGE} ans, adressé{e} par le Dr {LAST} {de:CITY}, pour bilan d'une anémie.",
         "Compte rendu d'hospitalisation : {TITLE} {NAME} a séjourné {à:HOSP} du {DATE} au {DATE2}.",
         "Traitement de sortie : {DRUG} {DOSE} matin et soir pendant {DAYS} jours.",
         "{Il} sera revu{e} en consultation par le Pr {LAST} {à:HOSP_CITY} le {DATE}.",
@@ -191,7 +191,7 @@ TEMPLATES: dict[str, list[str]] = {
         "Tension artérielle à {NUM}/{NUM2} mmHg, fréquence cardiaque à {NUM3} battements par minute.",
         "Reprise du travail prévue le {DATE}, sous réserve de l'avis du médecin du travail.",
         "L'assistante sociale {de:HOSP_CITY} a pris contact avec {ADMIN_CITY} pour {TITLE} {LAST}.",
-        "{ORG} rappelle que la dose de {DRUG} ne doit pas dépasser {DOSE} par prise.",
+        "{ORG} rappelle que la dose {de:DRUG} ne doit pas dépasser {DOSE} par prise.",
         "Une infirmière mandatée par {ORG} passe chaque {WEEKDAY} chez {TITLE} {LAST} à {CITY}.",
         "Pièces jointes : ordonnance du Dr {LAST}, attestation {de:ORG} et courrier {de:ADMIN_CITY}.",
         "{TITLE} {NAME} a participé à l'essai clinique mené par {ORG} et {HOSP}.",
@@ -208,7 +208,7 @@ TEMPLATES: dict[str, list[str]] = {
         "« Tu viendras à {CITY} pour {EVENT} ? » demanda {FIRST} en souriant.",
         "Chaque été, la famille {LAST} louait une maison {en:REGION}, à deux pas de la mer.",
         "{FIRST} relisait « {WORK} » pour la troisième fois, assis{e} près de la fenêtre.",
-        "Lorsque {FIRST2} arriva à la gare de {CITY}, le train pour {CITY2} était déjà parti.",
+        "Lorsque {FIRST2} arriva à la gare {de:CITY}, le train pour {CITY2} était déjà parti.",
         "Son grand-père avait travaillé quarante ans chez {COMPANY} avant de prendre sa retraite à {CITY}.",
         "Il pleuvait depuis trois jours et personne n'osait sortir.",
         "{NAME} et {NAME2} s'étaient connus pendant {EVENT}, en {YEAR}.",
@@ -221,7 +221,7 @@ TEMPLATES: dict[str, list[str]] = {
         "Quand l'orage éclata, {FIRST} et {FIRST2} se réfugièrent sous le porche de l'église.",
         "Le lendemain, {NAME} prit un poste {à:ORG}, à {CITY}.",
         "Personne ne savait pourquoi la maison du bout de la rue était restée vide si longtemps.",
-        "Elle avait gardé un souvenir {de:EVENT} dans un tiroir, avec une photo de {FIRST2}.",
+        "Elle avait gardé un souvenir {de:EVENT} dans un tiroir, avec une photo {de:FIRST2}.",
         "{FIRST} regardait {RIVER} couler sous ses fenêtres, à {CITY}.",
         "Tous les dimanches, {NAME} allait voir jouer {SPORTCLUB} avec son père.",
         "Après la projection du film « {WORK} », {FIRST} resta silencieu{x} un long moment.",
@@ -230,12 +230,12 @@ TEMPLATES: dict[str, list[str]] = {
         "{CITY} est une commune française située {en:REGION}, sur les bords {de:RIVER}.",
         "{NAME}, né{e} à {CITY} en {YEAR}, est un{e} écrivain{e} français{e} à qui l'on doit « {WORK} ».",
         "{COMPANY} est une organisation française fondée en {YEAR} à {CITY}.",
-        "{ORG} a vu le jour en {YEAR} sous l'impulsion de {NAME}.",
+        "{ORG} a vu le jour en {YEAR} sous l'impulsion {de:NAME}.",
         "{RIVER} prend sa source {dans:LANDMARK} et traverse {CITY} avant de rejoindre la mer.",
         "En {YEAR}, {NAME} reçoit {PRIZE} pour l'ensemble de son œuvre.",
         "L'histoire {de:COUNTRY} a été profondément marquée par {EVENT}.",
         "La population {de:CITY} s'élevait à {BIGNUM} habitants au recensement de {YEAR}.",
-        "{WORK} est une œuvre de {NAME}, publiée pour la première fois en {YEAR}.",
+        "{WORK} est une œuvre {de:NAME}, publiée pour la première fois en {YEAR}.",
         "Les {NATS} représentent environ {PCT} % des visiteurs étrangers {de:REGION}.",
         "Le siège {de:ORG} se trouve à {CITY}, non loin de la gare.",
         "Né{e} à {CITY} en {YEAR}, {NAME} étudie la médecine avant de rejoindre {ORG}.",
@@ -332,7 +332,7 @@ class _Renderer:
         """(words before the value, the value, its entity type or None) for one slot."""
         plain = self._plain(slot)
         if plain is not None:
-            return "", plain, None
+            return _contract(prep, "", plain, "plain"), plain, None
         article, name, type_, kind = self._entity(slot)
         return _contract(prep, article, name, kind), name, type_
 
