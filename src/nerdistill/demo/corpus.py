@@ -243,7 +243,7 @@ TEMPLATES: dict[str, list[str]] = {
         "{CITY} est jumelée avec {FCITY} depuis {YEAR}.",
         "Le climat {de:REGION} est de type océanique, avec des hivers doux et humides.",
         "La superficie de la commune est de {NUM} kilomètres carrés.",
-        "Chaque année au mois de {MONTH}, {CITY} accueille {EVENT}.",
+        "Chaque année au mois {de:MONTH}, {CITY} accueille {EVENT}.",
         "Ancien élève {de:UNIV}, {NAME} enseigne ensuite à {FCITY}.",
         "{COMPANY} emploie près de {BIGNUM} salariés, principalement {en:COUNTRY} et {en:COUNTRY2}.",
         "L'économie locale repose sur l'agriculture, le tourisme et quelques industries.",
@@ -273,7 +273,8 @@ def _contract(prep: str, article: str, name: str, kind: str) -> str:
             return "en "
         if article == "":
             return "à " if kind == "city" or name.startswith(("La ", "Le ")) else "en "
-        return {"": "à ", "le": "au " if kind == "country" else "dans le ", "les": "aux "}[article]
+        country = kind == "country"
+        return {"le": "au " if country else "dans le ", "les": "aux " if country else "dans les "}[article]
     if prep == "dans":
         return {"": "dans ", "le": "dans le ", "la": "dans la ", "l'": "dans l'", "les": "dans les "}[article]
     return {"": "", "le": "le ", "la": "la ", "l'": "l'", "les": "les "}[article]
