@@ -1,0 +1,217 @@
+"""Annotated JSONL -> word-level features, sliding windows for long lines, and the batch collator.
+
+Everything downstream works in word space: a model's sub-token outputs are read at each word's
+first sub-token (`word_index`). Lines longer than the model's `max_length` are never truncated:
+they are cut into overlapping windows, and each word is *owned* by exactly one window (the one
+whose centre it is nearest), so stitched predictions and training labels count every word once.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nerdistill.io import InputError, read_json, read_jsonl
+from nerdistill.text import is_valid_iob2
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label of padding, skipped by every loss
+
+
+def load_split(path: str | Path, label2id: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
+    """Read an annotated split, checking every record; errors name file:line and the fix.
+
+    Each record needs `tokens` and `ner_tags`, non-empty lists of strings of equal length, with
+    IOB2 tags from `label2id` (by default the `label2id.json` written beside the split).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: split not found; run `nerdistill annotate` first")
+    if label2id is None:
+        label2id = read_json(path.parent / "label2id.json")
+    records = [_checked_record(path, line_no, record, label2id) for line_no, record in read_jsonl(path)]
+    if not records:
+        raise InputError(f"{path}: no records; annotate a larger corpus")
+    return records
+
+
+def _checked_record(path: Path, line_no: int, record: dict[str, Any],
+                    label2id: Mapping[str, int]) -> dict[str, Any]:
+    where = f"{path}:{line_no}"
+    tokens, tags = record.get("tokens"), record.get("ner_tags")
+    for key, value in (("tokens", tokens), ("ner_tags", tags)):
+        if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+            raise InputError(f"{where}: '{key}' must be a non-empty list of strings")
+    if len(tokens) != len(tags):
+        raise InputError(f"{where}: {len(tokens)} tokens but {len(tags)} ner_tags; they must pair up one to one")
+    unknown = sorted(set(tags) - set(label2id))
+    if unknown:
+        raise InputError(f"{where}: tags {unknown} are not in label2id {sorted(label2id)}; "
+                         "re-run annotate or fix the label map")
+    if not is_valid_iob2(tags):
+        raise InputError(f"{where}: ner_tags are not valid IOB2 (an I-X must follow B-X or I-X): {tags}")
+    return record
+
+
+@dataclass(frozen=True)
+class Window:
+    """One model input covering a run of consecutive words of a line.
+
+    `input_ids` include the special tokens; `word_index[k]` is the position in `input_ids` of the
+    first sub-token of word `word_ids[k]` (its index in the whole line); `owned[k]` says whether
+    this window is the one responsible for that word when overlapping windows are stitched.
+    """
+    input_ids: list[int]
+    word_index: list[int]
+    word_ids: list[int]
+    owned: list[bool]
+
+
+class WordTokenizer:
+    """Turns a list of words into model windows of at most `max_length` sub-tokens.
+
+    Consecutive windows share about `stride` sub-tokens (whole words) of context. A word the
+    tokenizer turns into nothing (zero-width or control characters) is given the unknown token,
+    so that no word is ever dropped: words in == words out.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int, stride: int) -> None:
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(f"{type(tokenizer).__name__} is not a fast tokenizer; word alignment needs "
+                             "word_ids(), which only fast (Rust) tokenizers provide")
+        if tokenizer.unk_token_id is None:
+            raise ValueError(f"{type(tokenizer).__name__} has no unknown token to stand for empty words")
+        self.tokenizer = tokenizer
+        self.prefix, self.suffix = _special_tokens(tokenizer)
+        self.budget = max_length - len(self.prefix) - len(self.suffix)
+        if not 0 <= stride < self.budget:
+            raise ValueError(f"max_length={max_length} leaves {self.budget} sub-tokens per window after special "
+                             f"tokens; stride={stride} must be in [0, {self.budget})")
+        self.stride = stride
+
+    def windows(self, words: Sequence[str]) -> list[Window]:
+        """Windows covering `words`; every word is owned by exactly one of them."""
+        if not words:
+            return []
+        pieces = self._pieces(words)
+        spans = _window_spans([len(p) for p in pieces], self.budget, self.stride)
+        owners = _owned_ranges(spans, len(words))
+        return [self._window(pieces, span, owner) for span, owner in zip(spans, owners)]
+
+    def _pieces(self, words: Sequence[str]) -> list[list[int]]:
+        encoding = self.tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
+        pieces: list[list[int]] = [[] for _ in words]
+        for token_id, word in zip(encoding["input_ids"], encoding.word_ids()):
+            pieces[word].append(token_id)
+        # Only the first sub-token of a word is read; capping lets one absurd "word" (a URL, a
+        # base64 blob) still fit in a window.
+        return [p[:self.budget] if p else [self.tokenizer.unk_token_id] for p in pieces]
+
+    def _window(self, pieces: list[list[int]], span: tuple[int, int], owner: tuple[int, int]) -> Window:
+        input_ids = list(self.prefix)
+        word_index = []
+        for word in range(*span):
+            word_index.append(len(input_ids))
+            input_ids.extend(pieces[word])
+        input_ids.extend(self.suffix)
+        word_ids = list(range(*span))
+        return Window(input_ids, word_index, word_ids, [owner[0] <= w < owner[1] for w in word_ids])
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single sequence (`<s>` / `</s>`, `[CLS]` / `[SEP]`)."""
+    encoding = tokenizer(["a"], is_split_into_words=True, add_special_tokens=True)
+    word_ids = encoding.word_ids()
+    content = [i for i, word in enumerate(word_ids) if word is not None]
+    ids = encoding["input_ids"]
+    return ids[:content[0]], ids[content[-1] + 1:]
+
+
+def _window_spans(lengths: Sequence[int], budget: int, stride: int) -> list[tuple[int, int]]:
+    """Word ranges `[start, end)` of at most `budget` sub-tokens, consecutive ones sharing up to
+    `stride` sub-tokens of whole words."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while True:
+        end, used = start, 0
+        while end < len(lengths) and used + lengths[end] <= budget:
+            used += lengths[end]
+            end += 1
+        spans.append((start, end))
+        if end == len(lengths):
+            return spans
+        # Step back over whole words to share context, but always move forward.
+        next_start, shared = end, 0
+        while next_start - 1 > start and shared + lengths[next_start - 1] <= stride:
+            next_start -= 1
+            shared += lengths[next_start]
+        start = next_start
+
+
+def _owned_ranges(spans: list[tuple[int, int]], num_words: int) -> list[tuple[int, int]]:
+    """Split each overlap at its middle: a word belongs to the window whose centre is nearer."""
+    cuts = [0]
+    for (_, end), (next_start, _) in zip(spans, spans[1:]):
+        cuts.append((next_start + end) // 2)
+    cuts.append(num_words)
+    return list(zip(cuts, cuts[1:]))
+
+
+def features(records: Sequence[Mapping[str, Any]], word_tokenizer: WordTokenizer,
+             label2id: Mapping[str, int]) -> list[dict[str, list[int]]]:
+    """Training features, one per window: `input_ids`, `word_index`, `labels`.
+
+    A window keeps only the words it owns in `word_index`/`labels` (the others are context for
+    the encoder): each word is trained on exactly once, and the CRF sees a contiguous run of
+    labelled words, so no label inside the word mask is ever -100.
+    """
+    out: list[dict[str, list[int]]] = []
+    for record in records:
+        tags = record["ner_tags"]
+        for window in word_tokenizer.windows(record["tokens"]):
+            owned = [(index, word) for index, word, mine in zip(window.word_index, window.word_ids, window.owned)
+                     if mine]
+            out.append({
+                "input_ids": window.input_ids,
+                "word_index": [index for index, _ in owned],
+                "labels": [label2id[tags[word]] for _, word in owned],
+            })
+    return out
+
+
+@dataclass(frozen=True)
+class NerCollator:
+    """Pads features into the batch contract of docs/architecture.md.
+
+    `input_ids`, `attention_mask` (B, T); `word_index` (B, W) with 0 on padding; `word_mask`
+    (B, W) bool, left-packed; `labels` (B, W) with -100 on padding, only when every feature has
+    labels.
+    """
+    pad_token_id: int
+
+    def __call__(self, batch: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids = [_as_list(feature["input_ids"]) for feature in batch]
+        word_index = [_as_list(feature["word_index"]) for feature in batch]
+        out = {
+            "input_ids": _pad(input_ids, self.pad_token_id, torch.long),  # (B, T)
+            "attention_mask": _pad([[1] * len(ids) for ids in input_ids], 0, torch.long),  # (B, T)
+            "word_index": _pad(word_index, 0, torch.long),  # (B, W)
+            "word_mask": _pad([[True] * len(index) for index in word_index], False, torch.bool),  # (B, W)
+        }
+        if all("labels" in feature for feature in batch):
+            out["labels"] = _pad([_as_list(feature["labels"]) for feature in batch], IGNORE_INDEX, torch.long)
+        return out
+
+
+def _as_list(values: Any) -> list:
+    return values.tolist() if isinstance(values, torch.Tensor) else list(values)
+
+
+def _pad(rows: list[list], value: Any, dtype: torch.dtype) -> torch.Tensor:
+    width = max((len(row) for row in rows), default=0)
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=dtype)
