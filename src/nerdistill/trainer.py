@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,7 @@ class TrainResult:
     nonfinite_steps: int
     epochs_run: int
     optimizer_steps: int
+    final_learning_rate: float
     history: list[dict[str, float]]
 
 
@@ -254,6 +256,9 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
     resume_from = _last_checkpoint(checkpoint_dir) if resume else None
     if resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, training from the start", checkpoint_dir)
+    if not resume and checkpoint_dir.exists():
+        # Checkpoints of an earlier run with other params would mix into rotation and best-model tracking.
+        shutil.rmtree(checkpoint_dir)
     output = trainer.train(resume_from_checkpoint=resume_from)
     history = epoch_history(trainer.state.log_history)
     best_epoch, best = _best_epoch(history)
@@ -262,7 +267,8 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
         best_val_loss=best.get("val_loss", float("nan")), train_runtime=output.metrics["train_runtime"],
         train_samples_per_second=output.metrics["train_samples_per_second"],
         nonfinite_steps=trainer.nonfinite_steps, epochs_run=len(history),
-        optimizer_steps=trainer.state.global_step, history=history)
+        optimizer_steps=trainer.state.global_step, final_learning_rate=trainer.lr_scheduler.get_last_lr()[0],
+        history=history)
     return trainer.model, result
 
 

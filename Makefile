@@ -1,0 +1,48 @@
+# Every target installs into .venv from the repo's own files first, so a fresh clone just works.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The offline demo profile: a small teacher built from the sample corpus, a 3-layer student,
+# few epochs. The same pipeline code as the GPU run, only params differ (README: Laptop profile).
+DEMO_TEACHER := models/demo_teacher
+DEMO_OVERRIDES := -S teacher.model_name=$(DEMO_TEACHER) \
+	-S 'student.num_layers=3' -S 'student.teacher_layers=[1,2,4]' \
+	-S 'distill.layer_map.teacher=[2,4]' -S 'distill.layer_map.student=[2,3]' \
+	-S distill.epochs=4 -S distill.learning_rate=0.0005 -S distill.batch_size=16 \
+	-S finetune.epochs=2 -S finetune.learning_rate=0.0003 \
+	-S pruning.num_batches=8 -S bench.repeats=10
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-fast demo ui clean-demo
+
+$(BIN)/nerdistill: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(BIN)/nerdistill
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+$(DEMO_TEACHER): | install
+	$(BIN)/nerdistill demo-teacher --out $(DEMO_TEACHER)
+
+demo: install $(DEMO_TEACHER)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp run $(DEMO_OVERRIDES)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc metrics show
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean-demo:
+	rm -rf $(DEMO_TEACHER) checkpoints

@@ -1,0 +1,124 @@
+"""The Trainer subclass: schedule sized in optimizer steps, curriculum by epoch, NaN guard, history."""
+import math
+
+import pytest
+import torch
+
+from nerdistill import training
+from nerdistill.modeling import build_student, init_transitions, load_teacher
+from nerdistill.params import params_from_dict
+from nerdistill.trainer import TrainingDivergedError, epoch_history
+
+TINY = {
+    "student": {"num_layers": 2, "teacher_layers": [1, 2], "max_length": 128},
+    "teacher": {"max_length": 128, "stride": 32},
+    "distill": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0,
+                "layer_map": {"teacher": [2], "student": [2]}, "phase1_epochs": 1},
+}
+
+
+def _setup(teacher_dir, data_dir, overrides=None):
+    raw = {**TINY, **(overrides or {})}
+    params = params_from_dict(raw)
+    teacher, tokenizer = load_teacher(str(teacher_dir))
+    data = training.load_training_data(data_dir, tokenizer, params.student.max_length, params.teacher.stride)
+    student = build_student(teacher, data.id2label, list(params.student.teacher_layers), 0.0, provenance={})
+    init_transitions(student, data.transitions)
+    return params, teacher, data, student
+
+
+def _subset(data, n_train, n_val):
+    data.train, data.val = data.train[:n_train], data.val[:n_val]
+    return data
+
+
+def test_schedule_is_sized_in_optimizer_steps_not_batches(random_teacher_dir, annotated_dir, tmp_path):
+    overrides = {"distill": {**TINY["distill"], "gradient_accumulation_steps": 3}}
+    params, teacher, data, student = _setup(random_teacher_dir, annotated_dir, overrides)
+    data = _subset(data, 40, 8)  # 5 batches of 8 per epoch -> ceil(5 / 3) = 2 optimizer steps per epoch
+    config = training.distill_config(params)
+    _, result = training.fit(student, teacher, data, params, config, lambda e: (1.0, 1.0, 0.2, 0.2),
+                             tmp_path / "ckpt", resume=False)
+    assert result.optimizer_steps == 2 * math.ceil(5 / 3)
+    # A linear schedule sized in optimizer steps reaches zero exactly at the last one; sized in
+    # batches (the seeds' bug) it would stop at 60% of the peak learning rate.
+    assert result.final_learning_rate == pytest.approx(0.0, abs=1e-12)
+
+
+def test_curriculum_weights_follow_the_epoch(random_teacher_dir, annotated_dir, tmp_path):
+    params, teacher, data, student = _setup(random_teacher_dir, annotated_dir)
+    data = _subset(data, 16, 8)
+    seen = []
+
+    def weights(epoch):
+        seen.append(epoch)
+        return (1.0, 0.5, 0.1, 0.1) if epoch < 1 else (1.0, 1.0, 0.2, 0.2)
+
+    training.fit(student, teacher, data, params, training.distill_config(params), weights,
+                 tmp_path / "ckpt", resume=False)
+    assert min(seen) < 1.0 <= max(seen)
+
+
+def test_nonfinite_losses_are_skipped_then_stop_training(random_teacher_dir, annotated_dir, tmp_path, monkeypatch):
+    overrides = {"distill": {**TINY["distill"], "max_nonfinite_steps": 1}}
+    params, teacher, data, student = _setup(random_teacher_dir, annotated_dir, overrides)
+    data = _subset(data, 32, 8)
+    with torch.no_grad():
+        student.emissions.weight.fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="max_nonfinite_steps=1"):
+        training.fit(student, teacher, data, params, training.distill_config(params),
+                     lambda e: (1.0, 1.0, 0.2, 0.2), tmp_path / "ckpt", resume=False)
+
+
+def test_epoch_history_groups_logs_by_epoch():
+    logs = [
+        {"epoch": 0.5, "loss": 2.0, "loss_ce": 1.0, "loss_kd": 0.5, "loss_hidden": 0.2, "loss_crf": 0.1,
+         "learning_rate": 1e-3},
+        {"epoch": 1.0, "loss": 1.0, "loss_ce": 0.8, "loss_kd": 0.3, "loss_hidden": 0.1, "loss_crf": 0.1,
+         "learning_rate": 5e-4},
+        {"epoch": 1.0, "eval_loss": 1.2, "eval_f1": 0.5, "eval_precision": 0.4, "eval_recall": 0.6},
+        {"epoch": 2.0, "loss": 0.5, "learning_rate": 0.0},
+        {"epoch": 2.0, "eval_loss": 0.9, "eval_f1": 0.7, "eval_precision": 0.7, "eval_recall": 0.7},
+        {"epoch": 2.0, "train_runtime": 3.0},
+    ]
+    rows = epoch_history(logs)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[0]["train_loss"] == pytest.approx(1.5) and rows[0]["ce"] == pytest.approx(0.9)
+    assert rows[0]["lr"] == 5e-4 and rows[1]["val_f1"] == 0.7
+    assert math.isnan(rows[1]["kd"])
+
+
+@pytest.mark.slow
+def test_distill_stage_end_to_end_on_the_demo_teacher(demo_teacher_dir, annotated_dir, tmp_path):
+    from nerdistill.stages import distill
+
+    params = params_from_dict({**TINY, "teacher": {"model_name": str(demo_teacher_dir), "max_length": 128,
+                                                   "stride": 32},
+                               "student": {"num_layers": 3, "teacher_layers": [1, 2, 4], "max_length": 128},
+                               "distill": {**TINY["distill"], "epochs": 3, "layer_map":
+                                           {"teacher": [2, 4], "student": [2, 3]}}})
+    out = tmp_path / "student"
+    metrics = distill.run(params, data_dir=annotated_dir, out_dir=out, history_csv=tmp_path / "h.csv",
+                          components_csv=tmp_path / "c.csv", plot_png=tmp_path / "h.png",
+                          checkpoint_dir=tmp_path / "ckpt")
+    # Agreement with the teacher after three short epochs; a broken loss or decode stays near 0.
+    assert metrics["best_val_f1"] > 0.5
+    assert (out / "model.safetensors").is_file() and (out / "sentencepiece.bpe.model").exists()
+    header, *rows = (tmp_path / "h.csv").read_text().splitlines()
+    assert header == "epoch,train_loss,val_loss,val_f1,val_precision,val_recall,lr,pruning_ratio"
+    assert len(rows) == metrics["epochs_run"]
+    best_row = rows[metrics["best_epoch"] - 1].split(",")
+    assert float(best_row[3]) == pytest.approx(metrics["best_val_f1"])
+    assert (tmp_path / "c.csv").read_text().startswith("epoch,ce,kd,hidden,crf,total")
+    assert (tmp_path / "h.png").stat().st_size > 0
+
+
+def test_six_layer_teacher_distils_into_four_layers(teacher6_dir, annotated_dir, tmp_path):
+    overrides = {"student": {"num_layers": 4, "teacher_layers": [1, 3, 5, 6], "max_length": 128},
+                 "distill": {**TINY["distill"], "epochs": 1, "layer_map": {"teacher": [3, 6], "student": [2, 4]}}}
+    params, teacher, data, student = _setup(teacher6_dir, annotated_dir, overrides)
+    assert student.config.encoder["num_hidden_layers"] == 4 and student.config.encoder["hidden_size"] == 48
+    data = _subset(data, 16, 8)
+    best, result = training.fit(student, teacher, data, params, training.distill_config(params),
+                                lambda e: (1.0, 1.0, 0.2, 0.2), tmp_path / "ckpt", resume=False)
+    assert result.epochs_run == 1 and math.isfinite(result.history[0]["hidden"])
