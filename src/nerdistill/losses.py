@@ -102,11 +102,6 @@ class LossParts:
     hidden: torch.Tensor
     crf: torch.Tensor
 
-    def as_floats(self) -> dict[str, float]:
-        """Detached values for logging: loss, loss_ce, loss_kd, loss_hidden, loss_crf."""
-        return {"loss": self.total.item(), "loss_ce": self.ce.item(), "loss_kd": self.kd.item(),
-                "loss_hidden": self.hidden.item(), "loss_crf": self.crf.item()}
-
 
 @dataclass
 class DistillContext:

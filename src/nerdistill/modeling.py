@@ -15,7 +15,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +83,6 @@ class CrfStudent(PreTrainedModel):
     main_input_name = "input_ids"
     _supports_sdpa = True
     _supports_flash_attn = True
-    _keys_to_ignore_on_load_unexpected: ClassVar[list[str]] = []
 
     def __init__(self, config: StudentConfig) -> None:
         super().__init__(config)
@@ -209,6 +208,8 @@ def build_student(teacher: PreTrainedModel, id2label: dict[int, str], teacher_la
         provenance={"teacher": teacher.config.name_or_path, **provenance, "teacher_layers": list(teacher_layers)})
     student = CrfStudent(config)
     student.encoder.load_state_dict(_mapped_state(base.state_dict(), student.encoder.state_dict(), teacher_layers))
+    logger.info("student: %d layers copied from teacher layers %s of %d, %d labels", len(teacher_layers),
+                list(teacher_layers), depth, config.num_labels)
     return student
 
 

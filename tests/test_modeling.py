@@ -1,0 +1,211 @@
+"""The CRF student: built from BERT-family teachers, word-level forward, IOB2-valid decoding,
+exact save/load (pruned shapes included) and the teacher helpers."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (AutoModel, BertConfig, BertForTokenClassification, CamembertConfig,
+                          CamembertForTokenClassification)
+
+from nerdistill.labels import allowed_start, allowed_transition, student_labels, transition_prior
+from nerdistill.modeling import (CrfStudent, StudentConfig, build_student, init_transitions, load_teacher,
+                                 teacher_forward, viterbi)
+from nerdistill.pruning import head_counts, prune_heads
+
+TEACHER_LABELS = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}
+STUDENT_LABELS = dict(enumerate(student_labels(TEACHER_LABELS, ["MISC"])))
+VOCAB = 120
+
+
+def tiny_camembert(layers: int = 6, hidden: int = 48, seed: int = 0) -> CamembertForTokenClassification:
+    torch.manual_seed(seed)
+    config = CamembertConfig(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                             intermediate_size=64, max_position_embeddings=64, id2label=TEACHER_LABELS)
+    return CamembertForTokenClassification(config).eval()
+
+
+def make_batch(seed: int = 0, batch: int = 3, tokens: int = 12, words: int = 7) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [words, 4, 1][:batch]
+    word_mask = torch.tensor([[i < n for i in range(words)] for n in lengths])  # (B, W) left-packed
+    word_index = torch.where(word_mask, torch.arange(1, words + 1).expand(batch, -1), 0)  # (B, W)
+    attention_mask = torch.tensor([[int(i < n + 2) for i in range(tokens)] for n in lengths])  # (B, T)
+    labels = torch.randint(0, len(STUDENT_LABELS), (batch, words), generator=generator).masked_fill(~word_mask, -100)
+    return {"input_ids": torch.randint(5, VOCAB, (batch, tokens), generator=generator),
+            "attention_mask": attention_mask, "word_index": word_index, "word_mask": word_mask, "labels": labels}
+
+
+@pytest.fixture(scope="module")
+def teacher() -> CamembertForTokenClassification:
+    return tiny_camembert()
+
+
+@pytest.fixture()
+def student(teacher: CamembertForTokenClassification) -> CrfStudent:
+    return build_student(teacher, STUDENT_LABELS, [1, 3, 5, 6], dropout=0.1, provenance={"run": "test"}).eval()
+
+
+def test_build_copies_embeddings_and_chosen_layers(teacher, student):
+    assert student.config.encoder.num_hidden_layers == 4
+    assert student.config.provenance["teacher_layers"] == [1, 3, 5, 6]
+    assert student.config.provenance["run"] == "test"
+    teacher_state = teacher.base_model.state_dict()
+    student_state = student.encoder.state_dict()
+    for key, value in student_state.items():
+        source = key
+        for student_layer, teacher_layer in enumerate([1, 3, 5, 6]):
+            source = source.replace(f"encoder.layer.{student_layer}.", f"encoder.layer.{teacher_layer - 1}.", 1) \
+                if key.startswith(f"encoder.layer.{student_layer}.") else source
+        assert torch.equal(value, teacher_state[source]), key
+    # A deep copy: training the student must not move the teacher.
+    with torch.no_grad():
+        student.encoder.embeddings.word_embeddings.weight.add_(1.0)
+    assert not torch.equal(student.encoder.embeddings.word_embeddings.weight,
+                           teacher.base_model.embeddings.word_embeddings.weight)
+
+
+def test_student_first_layer_reproduces_teacher_layer_one(teacher, student):
+    batch = make_batch()
+    student_out = student(**batch, output_hidden_states=True)
+    _, teacher_hidden = teacher_forward(teacher, batch, output_hidden_states=True)
+    assert len(student_out.hidden_states) == 5  # embeddings + 4 layers
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(student_out.hidden_states[1][real], teacher_hidden[1][real], atol=1e-5)
+
+
+def test_bad_teacher_layer_number_names_the_key(teacher):
+    with pytest.raises(ValueError, match=r"student\.teacher_layers.*1\.\.6"):
+        build_student(teacher, STUDENT_LABELS, [1, 7], dropout=0.1, provenance={})
+    with pytest.raises(ValueError, match=r"student\.teacher_layers"):
+        build_student(teacher, STUDENT_LABELS, [0, 2], dropout=0.1, provenance={})
+
+
+def test_bert_teacher_builds_and_trains_one_step():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64, id2label=TEACHER_LABELS)
+    teacher = BertForTokenClassification(config).eval()
+    student = build_student(teacher, STUDENT_LABELS, [1, 3], dropout=0.0, provenance={})
+    assert student.config.encoder.model_type == "bert"
+    batch = make_batch()
+    loss = student(**batch).loss
+    loss.backward()
+    assert torch.isfinite(loss) and student.emissions.weight.grad is not None
+
+
+def test_forward_shapes_and_padding_labels_do_not_matter(student):
+    batch = make_batch()
+    out = student(**batch)
+    assert out.emissions.shape == (3, 7, len(STUDENT_LABELS))
+    assert out.hidden_states is None
+    relabelled = batch["labels"].masked_fill(~batch["word_mask"], 3)
+    assert torch.allclose(student(**{**batch, "labels": relabelled}).loss, out.loss)
+    other = batch["labels"].clone()
+    other[0, 0] = (other[0, 0] + 1) % len(STUDENT_LABELS)
+    assert not torch.allclose(student(**{**batch, "labels": other}).loss, out.loss)
+
+
+def test_decode_never_breaks_iob2(student):
+    names = [STUDENT_LABELS[i] for i in range(len(STUDENT_LABELS))]
+    # Transitions that push hard towards illegal moves, so only the constraint can stop them.
+    with torch.no_grad():
+        student.crf.transitions.uniform_(-1, 1)
+        student.crf.transitions[:, [2, 4, 6]] += 5.0
+        student.crf.start_transitions[[2, 4, 6]] += 5.0
+    for seed in range(30):
+        generator = torch.Generator().manual_seed(seed)
+        emissions = torch.randn(4, 9, len(names), generator=generator) * 4  # (B, W, L)
+        lengths = torch.randint(1, 10, (4,), generator=generator)
+        mask = torch.arange(9).expand(4, -1) < lengths.unsqueeze(1)  # (B, W)
+        for path, length in zip(student.decode(emissions, mask), lengths.tolist()):
+            tags = [names[i] for i in path]
+            assert len(tags) == length
+            assert allowed_start(tags[0]), tags
+            assert all(allowed_transition(a, b) for a, b in zip(tags, tags[1:])), tags
+
+
+def test_viterbi_finds_the_best_path_by_brute_force():
+    generator = torch.Generator().manual_seed(3)
+    labels, width = 4, 4
+    emissions = torch.randn(2, width, labels, generator=generator)
+    start, end = torch.randn(labels, generator=generator), torch.randn(labels, generator=generator)
+    transitions = torch.randn(labels, labels, generator=generator)
+    mask = torch.tensor([[True] * 4, [True, True, True, False]])
+    paths = viterbi(emissions, mask, start, end, transitions)
+    for row, length in enumerate([4, 3]):
+        def score(path: tuple[int, ...]) -> float:
+            total = start[path[0]] + end[path[-1]] + sum(emissions[row, t, j] for t, j in enumerate(path))
+            return float(total + sum(transitions[a, b] for a, b in zip(path, path[1:])))
+        best = max(itertools.product(range(labels), repeat=length), key=score)
+        assert paths[row] == list(best)
+
+
+def test_save_and_load_round_trip_is_exact(student, tmp_path: Path):
+    batch = make_batch()
+    init_transitions(student, transition_prior([["O", "B-PER", "I-PER"], ["B-LOC", "O"]],
+                                               [STUDENT_LABELS[i] for i in range(len(STUDENT_LABELS))]))
+    student.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    for loaded in (CrfStudent.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert isinstance(loaded, CrfStudent)
+        loaded.eval()
+        expected, got = student(**batch).emissions, loaded(**batch).emissions
+        assert torch.equal(expected, got)
+        assert student.decode(expected, batch["word_mask"]) == loaded.decode(got, batch["word_mask"])
+        assert torch.equal(student.crf.transitions, loaded.crf.transitions)
+
+
+def test_pruned_student_reloads_with_its_smaller_shapes(student, tmp_path: Path):
+    counts = prune_heads(student.encoder, {0: [1, 3], 2: [0]})
+    student.config.head_counts = counts
+    batch = make_batch()
+    student.save_pretrained(tmp_path)
+    loaded = CrfStudent.from_pretrained(tmp_path).eval()
+    assert head_counts(loaded.encoder) == [2, 4, 1, 4]
+    assert loaded.encoder.encoder.layer[2].attention.self.query.weight.shape == (12, 48)
+    assert torch.equal(student(**batch).emissions, loaded(**batch).emissions)
+
+
+def test_bad_head_counts_in_config_are_rejected(student):
+    raw = student.config.to_dict()
+    with pytest.raises(ValueError, match="head_counts"):
+        StudentConfig(**{**raw, "head_counts": [4, 4, 0, 4]})
+
+
+def test_init_transitions_copies_prior_and_checks_label_order(student):
+    names = [STUDENT_LABELS[i] for i in range(len(STUDENT_LABELS))]
+    prior = transition_prior([["B-ORG", "I-ORG", "O"]], names)
+    init_transitions(student, prior)
+    assert torch.allclose(student.crf.transitions, torch.tensor(prior["transitions"]))
+    assert torch.allclose(student.crf.start_transitions, torch.tensor(prior["start"]))
+    with pytest.raises(ValueError, match="transitions.json labels"):
+        init_transitions(student, {**prior, "labels": list(reversed(names))})
+
+
+def test_teacher_forward_gathers_first_subtokens_and_allows_backward(teacher, student):
+    batch = make_batch()
+    logits, hidden = teacher_forward(teacher, batch, output_hidden_states=False)
+    assert hidden is None
+    full = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(logits[1, 2], full[1, batch["word_index"][1, 2]])
+    # The teacher's outputs feed losses the student backpropagates through.
+    student.train()
+    loss = (student(**batch).emissions[..., :5] * logits.softmax(-1)).sum()
+    loss.backward()
+
+
+def test_load_teacher_errors_say_what_to_set(tmp_path: Path):
+    with pytest.raises(OSError, match="teacher.model_name.*no such folder"):
+        load_teacher(tmp_path / "missing")
+    with pytest.raises(OSError, match="teacher.model_name.*local folder"):
+        load_teacher("nerdistill-tests/no-such-model")
+
+
+def test_load_teacher_returns_frozen_eval_model(random_teacher_dir: Path):
+    model, tokenizer = load_teacher(random_teacher_dir)
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert tokenizer("Paris").input_ids
