@@ -13,6 +13,7 @@ from nerdistill.pruning import (
     HeadGates,
     head_counts,
     head_importance,
+    original_heads,
     plot_importance,
     prune_heads,
     resize_heads,
@@ -98,6 +99,12 @@ def test_prune_twice_indices_refer_to_current_heads() -> None:
     prune_heads(direct, {0: [1, 3]})
     assert head_counts(once) == [2, 4, 4, 4]
     torch.testing.assert_close(_run(once), _run(direct))
+
+
+def test_original_heads_map_current_indices_through_earlier_pruning() -> None:
+    first = original_heads([[0, 1, 2, 3], [0, 1, 2, 3]], {0: [3, 1, 2]})
+    assert first == [[1, 2, 3], [0, 1, 2, 3]]
+    assert original_heads(first, {0: [0, 2], 1: [3]}) == [[1, 3], [3]]
 
 
 def test_resize_then_load_reproduces_uneven_pruned_model() -> None:

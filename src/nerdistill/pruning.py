@@ -100,6 +100,16 @@ def prune_heads(encoder: nn.Module, keep: Mapping[int, list[int]]) -> list[int]:
     return head_counts(encoder)
 
 
+def original_heads(current: list[list[int]], keep: Mapping[int, list[int]]) -> list[list[int]]:
+    """Original numbers of the heads `keep` retains, per layer.
+
+    `current[layer]` holds the original numbers of the heads the layer has now (`range(heads)`
+    for a model never pruned); `keep` uses current indices, as `prune_heads` does.
+    """
+    return [[heads[index] for index in sorted(keep.get(layer, range(len(heads))))]
+            for layer, heads in enumerate(current)]
+
+
 def _prune_layer(layer: nn.Module, kept: list[int]) -> None:
     attention = layer.attention.self
     head_size = attention.attention_head_size
@@ -285,7 +295,7 @@ def plot_importance(importance: torch.Tensor, keep: Mapping[int, list[int]], pat
                 ax.scatter(head, layer, marker="x", s=120, c="red", linewidths=2)
     ax.set_xticks(range(heads))
     ax.set_yticks(range(layers))
-    ax.set_xlabel("head")
+    ax.set_xlabel("head (index in the model pruned)")
     ax.set_ylabel("layer (0-based)")
     ax.set_title("Attention head importance (x = pruned)")
     save_figure(fig, path)
