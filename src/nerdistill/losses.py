@@ -142,6 +142,12 @@ class DistillContext:
                    shared_names=list(names), prior_start=tensor(transitions["start"]),
                    prior_end=tensor(transitions["end"]), prior_transitions=tensor(transitions["transitions"]))
 
+    def to(self, device: str | torch.device) -> DistillContext:
+        """Move the tensors in place (once: later calls on the same device cost nothing)."""
+        for name in ("student_to_shared", "teacher_to_shared", "prior_start", "prior_end", "prior_transitions"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def needs_hidden(self, weights: Weights) -> bool:
         """Whether both models must return hidden states for these weights."""
         return weights[2] > 0 and bool(self.layer_pairs)
@@ -158,6 +164,8 @@ def distillation_loss(student: CrfStudent, student_out: StudentOutput, teacher_l
     w_ce, w_kd, w_hidden, w_crf = weights
     word_mask = batch["word_mask"]
     emissions = student_out.emissions  # (B, W, Ls)
+    # The context is often built before Trainer moves the student to its device.
+    ctx.to(emissions.device)
     ce = (student_out.loss if student_out.loss is not None
           else crf_nll(student, emissions, batch["labels"], word_mask))
     kd = kd_loss(emissions, teacher_logits, word_mask, ctx.student_to_shared, ctx.teacher_to_shared,
