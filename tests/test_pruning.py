@@ -154,6 +154,11 @@ def test_importance_of_a_dead_head_is_zero() -> None:
     assert not model.training and all(p.grad is None for p in model.parameters())
 
 
+def test_importance_refuses_non_finite_gradients() -> None:
+    with pytest.raises(ValueError, match="non-finite"):
+        head_importance(_tiny(), [_inputs()], lambda m, b: m(**b).last_hidden_state.sum() * float("nan"), 1)
+
+
 def test_importance_is_nan_for_heads_a_pruned_layer_lacks() -> None:
     model = _tiny()
     prune_heads(model, {1: [0, 2]})

@@ -205,6 +205,10 @@ def head_importance(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
                 batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value
                          for key, value in batch.items()}
                 (grad,) = torch.autograd.grad(loss_fn(model, batch), gates.gates)
+                if not torch.isfinite(grad).all():
+                    # A NaN would later read as "this head does not exist" and silently spare it.
+                    raise ValueError(f"head importance: non-finite loss gradient on batch {used}; the model "
+                                     "or the teacher produces NaN/inf outputs on this data")
                 total += grad.abs()
                 used += 1
     finally:
