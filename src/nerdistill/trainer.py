@@ -2,7 +2,7 @@
 
 Trainer brings gradient accumulation with a schedule sized in optimizer steps, warmup, mixed
 precision, multi-GPU (torchrun / accelerate launch), early stopping, checkpoint rotation and
-resumption. This module only adds what is ours: the teacher forward in the same batch, the four
+resumption. This module only adds what is ours: the teacher forward (no grad) in the same batch, the four
 losses with their curriculum weights, a non-finite loss guard, CRF decoding for validation F1,
 and per-epoch history for DVC plots.
 """
@@ -149,13 +149,13 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model: CrfStudent, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        need_hidden = bool(self.context.layer_pairs)
+        # Training and evaluation use the weights of the epoch being trained, so val loss is comparable.
+        weights = self.weights_for_epoch(self.state.epoch or 0.0)
+        need_hidden = self.context.needs_hidden(weights)
         teacher_logits, teacher_hidden = teacher_forward(self.teacher, inputs, output_hidden_states=need_hidden)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                         word_index=inputs["word_index"], word_mask=inputs["word_mask"],
                         output_hidden_states=need_hidden)
-        # Training and evaluation use the weights of the epoch being trained, so val loss is comparable.
-        weights = self.weights_for_epoch(self.state.epoch or 0.0)
         parts = distillation_loss(model, outputs, teacher_logits, teacher_hidden, inputs, weights, self.context)
         total = parts.total
         if model.training:
