@@ -1,0 +1,142 @@
+"""annotate: the teacher labels the raw corpus; the result is split into train/val/test.
+
+Each phrase is split into words (text.split_words), the teacher reads it in windows of
+`teacher.max_length` sub-tokens (long lines are never truncated), each word takes the label of
+its first sub-token, IO becomes IOB2 and `annotate.drop_types` become O.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from nerdistill.data import NerCollator, Phrase, Window, WordTokenizer, read_corpus
+from nerdistill.io import InputError, write_json, write_jsonl
+from nerdistill.labels import ordered_labels, student_labels, transition_prior
+from nerdistill.modeling import load_teacher, teacher_forward
+from nerdistill.params import Params, SplitRatios
+from nerdistill.text import Word, drop_types, entity_spans, io_to_iob2, is_valid_iob2, split_words
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
+    settings = params.annotate
+    raw = read_corpus(corpus, settings.max_line_chars)
+    _check_skipped(corpus, raw.too_long, raw.skipped_fraction, settings.max_line_chars, settings.max_skipped_fraction)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher, tokenizer = load_teacher(params.teacher.model_name, device)
+    labels = student_labels(teacher.config.id2label, settings.drop_types)
+    log.info("teacher %s on %s: labels %s -> student labels %s", params.teacher.model_name, device,
+             ordered_labels(teacher.config.id2label), labels)
+
+    phrases, words, no_words = _split_phrases(raw.phrases)
+    # A teacher may accept fewer positions than teacher.max_length asks for (tokenizer_config's
+    # model_max_length says how many); exceeding them would crash its position embeddings.
+    word_tokenizer = WordTokenizer(tokenizer, min(params.teacher.max_length, tokenizer.model_max_length),
+                                   params.teacher.stride)
+    windows = [word_tokenizer.windows([w.text for w in phrase_words]) for phrase_words in words]
+    teacher_tags = _tag(teacher, NerCollator(tokenizer.pad_token_id), windows, params.teacher.batch_size, device)
+    records = [_record(phrase, phrase_words, tags, settings.drop_types, labels)
+               for phrase, phrase_words, tags in zip(phrases, words, teacher_tags)]
+
+    splits = split_indices(len(records), settings.split, params.base.seed, corpus)
+    out_dir = Path(out_dir)
+    for name, indices in splits.items():
+        write_jsonl(out_dir / f"{name}.jsonl", (records[i] for i in indices))
+    write_json(out_dir / "label2id.json", {label: i for i, label in enumerate(labels)})
+    write_json(out_dir / "transitions.json",
+               transition_prior((records[i]["ner_tags"] for i in splits["train"]), labels))
+    skipped = {"blank_lines": raw.blank_lines, "no_words": no_words, "too_long": len(raw.too_long),
+               "too_long_fraction": raw.skipped_fraction}
+    return _metrics(records, splits, skipped, sum(len(w) > 1 for w in windows))
+
+
+def _split_phrases(phrases: list[Phrase]) -> tuple[list[Phrase], list[list[Word]], int]:
+    """Words of each phrase; phrases of invisible characters only (no word) are left out and counted."""
+    kept, words = [], []
+    for phrase in phrases:
+        phrase_words = split_words(phrase.text)
+        if phrase_words:
+            kept.append(phrase)
+            words.append(phrase_words)
+        else:
+            log.warning("line %d: no word in %r, skipped", phrase.line_no, phrase.text)
+    return kept, words, len(phrases) - len(kept)
+
+
+def _check_skipped(corpus: Path, too_long: list[int], fraction: float, max_chars: int, max_fraction: float) -> None:
+    if not too_long:
+        return
+    shown = ", ".join(map(str, too_long[:10])) + (" ..." if len(too_long) > 10 else "")
+    log.warning("%s: skipped %d lines over annotate.max_line_chars=%d (lines %s)",
+                corpus, len(too_long), max_chars, shown)
+    if fraction > max_fraction:
+        raise InputError(f"{corpus}: {len(too_long)} lines ({fraction:.1%}) are over annotate.max_line_chars="
+                         f"{max_chars} (lines {shown}), more than annotate.max_skipped_fraction={max_fraction}; "
+                         "split those documents into phrases or raise annotate.max_line_chars")
+
+
+@torch.inference_mode()
+def _tag(teacher: torch.nn.Module, collator: NerCollator, windows: list[list[Window]], batch_size: int,
+         device: str) -> list[list[str]]:
+    """Teacher label of each word (first sub-token), stitched from each word's owning window."""
+    id2label = {int(i): label for i, label in teacher.config.id2label.items()}
+    tags: list[list[str | None]] = [[None] * sum(w.owned.count(True) for w in line) for line in windows]
+    flat = [(line, window) for line, line_windows in enumerate(windows) for window in line_windows]
+    # Similar lengths together: far less padding, so far less wasted compute.
+    flat.sort(key=lambda item: len(item[1].input_ids))
+    for start in tqdm(range(0, len(flat), batch_size), desc="annotate", unit="batch"):
+        chunk = flat[start:start + batch_size]
+        batch = collator([{"input_ids": w.input_ids, "word_index": w.word_index} for _, w in chunk])
+        batch = {key: value.to(device) for key, value in batch.items()}
+        logits, _ = teacher_forward(teacher, batch, output_hidden_states=False)  # (B, W, Lt)
+        predicted = logits.argmax(-1).tolist()  # (B, W)
+        for (line, window), row in zip(chunk, predicted):
+            for word, label_id, mine in zip(window.word_ids, row, window.owned):
+                if mine:
+                    tags[line][word] = id2label[label_id]
+    return tags
+
+
+def _record(phrase: Phrase, words: list[Word], teacher_tags: list[str], dropped: tuple[str, ...],
+            labels: list[str]) -> dict[str, Any]:
+    tags = drop_types(io_to_iob2(teacher_tags), dropped)
+    if not is_valid_iob2(tags) or not set(tags) <= set(labels):
+        raise ValueError(f"phrase {phrase.id} (line {phrase.line_no}): tags {tags} are not valid IOB2 over {labels}")
+    return {"id": phrase.id, "text": phrase.text, "tokens": [w.text for w in words],
+            "offsets": [[w.start, w.end] for w in words], "ner_tags": tags}
+
+
+def split_indices(count: int, ratios: SplitRatios, seed: int, corpus: Path) -> dict[str, list[int]]:
+    """Seeded shuffle, then cut by `ratios`; each split keeps corpus order and holds >= 1 phrase."""
+    if count < len(SPLITS):
+        raise InputError(f"{corpus}: {count} phrase(s) to annotate; train, val and test need at least one each")
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    val = max(1, round(count * ratios.val))
+    test = max(1, round(count * ratios.test))
+    train = count - val - test
+    if train < 1:
+        raise InputError(f"{corpus}: {count} phrases leave none for train with annotate.split={ratios}")
+    cuts = {"train": order[:train], "val": order[train:train + val], "test": order[train + val:]}
+    return {name: sorted(indices) for name, indices in cuts.items()}
+
+
+def _metrics(records: list[dict[str, Any]], splits: dict[str, list[int]], skipped: dict[str, float],
+             windowed_lines: int) -> dict[str, Any]:
+    entities = Counter(kind for record in records for kind, _, _ in entity_spans(record["ner_tags"]))
+    return {
+        "phrases": {"total": len(records), **{name: len(indices) for name, indices in splits.items()}},
+        "tokens": sum(len(record["tokens"]) for record in records),
+        "entities": {"total": sum(entities.values()), **dict(sorted(entities.items()))},
+        "skipped": skipped,
+        "windowed_lines": windowed_lines,
+    }
