@@ -431,17 +431,19 @@ def _long_paragraph(rng: random.Random, genre: str) -> LabelledPhrase:
     return _concatenate(phrases)
 
 
-def generate(seed: int, n: int) -> list[LabelledPhrase]:
+def generate(seed: int, n: int, long_fraction: float = LONG_LINE_FRACTION) -> list[LabelledPhrase]:
     """`n` labelled phrases in the medical / narrative / encyclopaedic mix, the same for a seed.
 
-    About LONG_LINE_FRACTION of them (at least one when n >= 100) are paragraphs of more
-    than LONG_LINE_MIN_WORDS words, longer than one 512-token window.
+    About `long_fraction` of them (at least one when that is > 0 and n >= 100) are paragraphs
+    of more than LONG_LINE_MIN_WORDS words, longer than one 512-token window.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
+    if n < 0 or not 0.0 <= long_fraction <= 1.0:
+        raise ValueError(f"need n >= 0 and long_fraction in [0, 1], got n={n}, long_fraction={long_fraction}")
     rng = random.Random(seed)
-    num_long = round(n * LONG_LINE_FRACTION) if n < 100 else max(1, round(n * LONG_LINE_FRACTION))
-    long_at = set(rng.sample(range(n), num_long)) if n else set()
+    num_long = round(n * long_fraction)
+    if long_fraction > 0 and n >= 100:
+        num_long = max(1, num_long)
+    long_at = set(rng.sample(range(n), num_long))
     phrases = []
     for index in range(n):
         genre = rng.choices(GENRES, weights=GENRE_WEIGHTS)[0]
