@@ -49,3 +49,23 @@ def teacher6_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path) 
 def demo_teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The trained demo teacher (4 layers, hidden 64) that predicts real entities; about a minute."""
     return build_demo_teacher(tmp_path_factory.mktemp("fixtures") / "demo_teacher", seed=0)
+
+
+# Enough phrases for every split and entity type, few enough to annotate in seconds.
+ANNOTATED_LINES = 300
+
+
+@pytest.fixture(scope="session")
+def annotated_dir(tmp_path_factory: pytest.TempPathFactory, corpus_path: Path, demo_teacher_dir: Path) -> Path:
+    """annotate.run with the demo teacher on the corpus's first 300 lines: train/val/test.jsonl,
+    label2id.json (O, B/I- LOC, ORG, PER) and transitions.json, as data/annotated/ holds them."""
+    from nerdistill.params import params_from_dict
+    from nerdistill.stages import annotate
+
+    work = tmp_path_factory.mktemp("annotated")
+    with corpus_path.open(encoding="utf-8") as corpus:
+        head = [line for _, line in zip(range(ANNOTATED_LINES), corpus)]
+    (work / "corpus.txt").write_text("".join(head), encoding="utf-8")
+    params = params_from_dict({"teacher": {"model_name": str(demo_teacher_dir), "batch_size": 16}})
+    annotate.run(params, corpus=work / "corpus.txt", out_dir=work / "data")
+    return work / "data"
