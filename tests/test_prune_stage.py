@@ -1,0 +1,138 @@
+"""The prune stage end to end on the annotated fixture and a student built from the demo teacher."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+from nerdistill import training
+from nerdistill.io import read_json
+from nerdistill.modeling import CrfStudent, build_student, init_transitions, load_teacher
+from nerdistill.params import Params, params_from_dict
+from nerdistill.pruning import HeadGates, head_counts
+from nerdistill.stages import prune
+
+TEACHER_LAYERS = [2, 4]
+
+
+def _params(teacher_dir: Path, ratio: float, scope: str = "per_layer") -> Params:
+    return params_from_dict({
+        "teacher": {"model_name": str(teacher_dir), "max_length": 64, "stride": 16},
+        "student": {"num_layers": 2, "teacher_layers": TEACHER_LAYERS, "max_length": 64},
+        "distill": {"layer_map": {"teacher": TEACHER_LAYERS, "student": [1, 2]}},
+        "pruning": {"ratio": ratio, "scope": scope, "num_batches": 2, "batch_size": 8},
+    })
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory: pytest.TempPathFactory, annotated_dir: Path, demo_teacher_dir: Path) -> Path:
+    teacher, tokenizer = load_teacher(demo_teacher_dir)
+    id2label = {i: name for name, i in read_json(annotated_dir / "label2id.json").items()}
+    student = build_student(teacher, id2label, TEACHER_LAYERS, dropout=0.1, provenance={"run": "test"})
+    init_transitions(student, read_json(annotated_dir / "transitions.json"))
+    folder = tmp_path_factory.mktemp("distilled")
+    student.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _prune(params: Params, model_dir: Path, data_dir: Path, root: Path) -> dict:
+    return prune.run(params, model_dir=model_dir, data_dir=data_dir, out_dir=root / "pruned",
+                     importance_json=root / "importance.json", heatmap_png=root / "heads.png")
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory, student_dir: Path, annotated_dir: Path,
+          demo_teacher_dir: Path) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("prune1")
+    return root, _prune(_params(demo_teacher_dir, 0.5), student_dir, annotated_dir, root)
+
+
+def _val_batch(data_dir: Path, model_dir: Path) -> dict[str, torch.Tensor]:
+    data = training.load_training_data(data_dir, AutoTokenizer.from_pretrained(model_dir), 64, 16)
+    return next(iter(DataLoader(data.val, batch_size=8, collate_fn=data.collator)))
+
+
+def _gated_emissions(student_dir: Path, kept: list[list[int]], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Emissions of the unpruned student with every head outside `kept` gated to zero."""
+    student = CrfStudent.from_pretrained(student_dir).eval()
+    counts = head_counts(student)
+    gates = torch.zeros(len(counts), max(counts))
+    for layer, heads in enumerate(kept):
+        gates[layer, heads] = 1.0
+    with torch.no_grad(), HeadGates(student, gates):
+        return student(**batch).emissions
+
+
+def test_pruned_model_is_smaller_reloads_and_equals_the_gated_original(first, student_dir: Path,
+                                                                      annotated_dir: Path) -> None:
+    root, metrics = first
+    heads_file = read_json(root / "pruned" / "heads_pruned.json")
+    original = head_counts(CrfStudent.from_pretrained(student_dir))
+    pruned = CrfStudent.from_pretrained(root / "pruned").eval()
+
+    expected_counts = [count - count // 2 for count in original]  # floor(0.5 * heads) removed per layer
+    assert head_counts(pruned) == pruned.config.head_counts == expected_counts
+    assert metrics["heads_before"] == sum(original) and metrics["heads_after"] == sum(expected_counts)
+    assert metrics["heads_removed"] == sum(original) - sum(expected_counts)
+    assert metrics["params_after"] == sum(p.numel() for p in pruned.parameters()) < metrics["params_before"]
+    assert metrics["bytes_after"] < metrics["bytes_before"]
+    assert 0.0 <= metrics["val_f1_after"] <= 1.0 and 0.0 <= metrics["val_f1_before"] <= 1.0
+
+    kept = [entry["kept"] for entry in heads_file["layers"]]
+    for entry, count in zip(heads_file["layers"], original):
+        assert sorted(entry["kept"] + entry["removed"]) == list(range(count))
+    assert pruned.config.provenance["heads_kept"] == kept and pruned.config.provenance["run"] == "test"
+
+    batch = _val_batch(annotated_dir, root / "pruned")
+    with torch.no_grad():
+        got = pruned(**batch).emissions
+    torch.testing.assert_close(got, _gated_emissions(student_dir, kept, batch), atol=1e-5, rtol=1e-5)
+
+    importance = read_json(root / "importance.json")
+    assert [len(row) for row in importance["layers"]] == original
+    assert (root / "heads.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pruning_a_pruned_model_reports_original_head_numbers(first, student_dir: Path, annotated_dir: Path,
+                                                             demo_teacher_dir: Path, tmp_path: Path) -> None:
+    root, _ = first
+    first_kept = [entry["kept"] for entry in read_json(root / "pruned" / "heads_pruned.json")["layers"]]
+    metrics = _prune(_params(demo_teacher_dir, 0.5, "global"), root / "pruned", annotated_dir, tmp_path)
+    layers = read_json(tmp_path / "pruned" / "heads_pruned.json")["layers"]
+    kept = [entry["kept"] for entry in layers]
+    assert metrics["heads_removed"] == sum(len(heads) for heads in first_kept) // 2 - metrics["layers_spared"]
+    for entry, before in zip(layers, first_kept):
+        assert set(entry["kept"]) <= set(before) and entry["kept"]
+        assert set(entry["removed_now"]) == set(before) - set(entry["kept"])
+    assert read_json(tmp_path / "importance.json")["original_heads"] == first_kept
+
+    batch = _val_batch(annotated_dir, tmp_path / "pruned")
+    twice = CrfStudent.from_pretrained(tmp_path / "pruned").eval()
+    with torch.no_grad():
+        got = twice(**batch).emissions
+    torch.testing.assert_close(got, _gated_emissions(student_dir, kept, batch), atol=1e-5, rtol=1e-5)
+
+
+def test_ratio_zero_keeps_every_head(student_dir: Path, annotated_dir: Path, demo_teacher_dir: Path,
+                                     tmp_path: Path) -> None:
+    metrics = _prune(_params(demo_teacher_dir, 0.0), student_dir, annotated_dir, tmp_path)
+    assert metrics["heads_removed"] == 0 and metrics["params_after"] == metrics["params_before"]
+    assert metrics["val_f1_after"] == metrics["val_f1_before"]
+
+
+def test_pruned_model_without_head_provenance_is_refused(first, annotated_dir: Path, demo_teacher_dir: Path,
+                                                         tmp_path: Path) -> None:
+    root, _ = first
+    model_dir = tmp_path / "model"
+    pruned = CrfStudent.from_pretrained(root / "pruned")
+    pruned.config.provenance = {}
+    pruned.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match="heads_kept"):
+        _prune(_params(demo_teacher_dir, 0.25), model_dir, annotated_dir, tmp_path / "out")
+    assert json.loads((model_dir / "config.json").read_text())["head_counts"] == pruned.config.head_counts
+    assert not (tmp_path / "out" / "pruned").exists()
