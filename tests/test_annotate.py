@@ -23,7 +23,7 @@ PHRASES = [
 def params(teacher_dir, **annotate_params):
     return params_from_dict({"base": {"seed": annotate_params.pop("seed", 42)},
                              "teacher": {"model_name": str(teacher_dir), "max_length": 16, "stride": 4,
-                                         "batch_size": 4},
+                                         "batch_size": 32},
                              "annotate": annotate_params})
 
 
