@@ -14,7 +14,7 @@ from pathlib import Path
 from seqeval.scheme import IOB2, Entities
 
 from nerdistill.io import InputError
-from nerdistill.text import iob1_to_iob2, is_valid_iob2
+from nerdistill.text import drop_types, iob1_to_iob2, is_valid_iob2
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,13 @@ def _prf(counts: Counter) -> dict[str, float]:
     recall = correct / support if support else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def restrict_types(tags: list[str], kept_types: set[str]) -> list[str]:
+    """Map entities of types outside `kept_types` to O (a teacher's MISC, a gold set's extra types),
+    so that every model and reference is compared on the student's label set."""
+    extra = {tag[2:] for tag in tags if tag != OUTSIDE} - kept_types
+    return drop_types(tags, extra) if extra else tags
 
 
 def type_confusion(gold: list[list[str]], pred: list[list[str]]) -> tuple[list[str], list[list[int]]]:

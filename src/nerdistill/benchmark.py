@@ -1,0 +1,212 @@
+"""Measurement tools for the bench stage: workloads, pre-collated timing, int8 variants, peak memory.
+
+What is timed is the model: `NerTagger.backend.predict` on windows tokenised and collated
+beforehand, i.e. the encoder forward plus CRF Viterbi (students) or argmax (teacher), the path
+evaluate tags with, minus tokenisation and window stitching. Peak memory is measured in a fresh
+Python process per model variant (`python -m nerdistill.benchmark`), since a process's
+high-water mark cannot be shared between models.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from nerdistill.predict import NerTagger, model_kind
+
+FP32, INT8, CUDA, ONNX = "cpu_fp32", "cpu_int8", "cuda_fp32", "cpu_onnx"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".pt")
+
+
+def model_roles(models: dict[str, str]) -> tuple[str, str]:
+    """(teacher, final student) names: the teacher comes first, the final student is the last
+    student folder (an ONNX export listed after it is only a variant to measure)."""
+    names = list(models)
+    students = [name for name in names[1:] if model_kind(models[name])[0] == "student"]
+    if not students:
+        raise ValueError(f"models {names}: expected the teacher first and at least one student folder "
+                         "(--model final=models/student_final)")
+    return names[0], students[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Workloads:
+    doc: list[str]  # words of a document of about bench.doc_tokens sub-tokens
+    phrase: list[str]  # a phrase of the median length, in words
+    batch: list[list[str]]  # bench.batch_size phrases
+
+
+def build_workloads(sentences: Sequence[list[str]], tokenizer: object, doc_tokens: int, batch_size: int) -> Workloads:
+    by_length = sorted(sentences, key=len)
+    batch = [sentences[i % len(sentences)] for i in range(batch_size)]
+    return Workloads(doc=build_document(sentences, tokenizer, doc_tokens), phrase=by_length[len(by_length) // 2],
+                     batch=batch)
+
+
+def build_document(sentences: Sequence[list[str]], tokenizer: object, doc_tokens: int) -> list[str]:
+    """Phrases joined (cycling through them when the split is short) until `doc_tokens` sub-tokens,
+    cut after the word that reaches the count, so the document is at most one word longer."""
+    doc: list[str] = []
+    total = 0
+    for phrase in itertools.cycle(sentences):
+        for word, length in zip(phrase, _word_lengths(tokenizer, phrase)):
+            doc.append(word)
+            total += length
+            if total >= doc_tokens:
+                return doc
+    raise ValueError("no phrases to build a document from")
+
+
+def subtoken_count(tokenizer: object, words: list[str]) -> int:
+    return sum(_word_lengths(tokenizer, words))
+
+
+def _word_lengths(tokenizer: object, words: list[str]) -> list[int]:
+    encoding = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
+    lengths = [0] * len(words)
+    for word in encoding.word_ids():
+        lengths[word] += 1
+    # A word the tokenizer turns into nothing still costs the unknown token the tagger gives it.
+    return [max(1, length) for length in lengths]
+
+
+class Timer:
+    """One model variant with its workloads tokenised and collated once, as the tagger would."""
+
+    def __init__(self, tagger: NerTagger, workloads: Workloads, batch_size: int) -> None:
+        self.tagger = tagger
+        self.batches = {"doc": self._collate([workloads.doc], 1),
+                        "phrase": self._collate([workloads.phrase], 1),
+                        "batch": self._collate(workloads.batch, batch_size)}
+
+    def _collate(self, sentences: list[list[str]], batch_size: int) -> list[dict[str, torch.Tensor]]:
+        windows = sorted((w for words in sentences for w in self.tagger.words.windows(words)),
+                         key=lambda w: len(w.input_ids))
+        return [self.tagger.collator([{"input_ids": w.input_ids, "word_index": w.word_index}
+                                      for w in windows[i:i + batch_size]])
+                for i in range(0, len(windows), batch_size)]
+
+    @torch.inference_mode()
+    def seconds(self, workload: str) -> float:
+        # predict() ends in .tolist(), which waits for the device: no explicit synchronise needed.
+        start = time.perf_counter()
+        for batch in self.batches[workload]:
+            self.tagger.backend.predict(batch)
+        return time.perf_counter() - start
+
+
+def percentiles_ms(seconds: list[float]) -> dict[str, float]:
+    ordered = sorted(seconds)
+    return {"p50_ms": 1000 * statistics.median(ordered), "p95_ms": 1000 * _quantile(ordered, 0.95)}
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default method)."""
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def quantized(tagger: NerTagger) -> NerTagger:
+    """A copy of `tagger` whose nn.Linear layers are dynamically quantised to int8 (CPU only).
+
+    torch.ao.quantization is deprecated in favour of torchao but still ships with torch; its
+    deprecation warnings are silenced here, once, rather than repeated for every model.
+    """
+    variant = copy.copy(tagger)
+    variant.backend = copy.copy(tagger.backend)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        variant.backend.model = torch.ao.quantization.quantize_dynamic(
+            tagger.backend.model, {nn.Linear}, dtype=torch.qint8, inplace=False)
+    return variant
+
+
+def parameter_count(tagger: NerTagger) -> int | None:
+    model = getattr(tagger.backend, "model", None)
+    return None if model is None else sum(p.numel() for p in model.parameters())
+
+
+def disk_bytes(path: str) -> int | None:
+    """Bytes of the weight files of a model folder, or of a hub id's cached snapshot (None if absent)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            folder = Path(snapshot_download(path, local_files_only=True))
+        except LocalEntryNotFoundError:
+            return None
+    return sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
+
+
+def peak_memory(jobs: dict[tuple[str, str], str], workloads: Workloads, threads: int, batch_size: int
+                ) -> dict[tuple[str, str], dict[str, float]]:
+    """{(model, variant): {"peak_rss_mb", "import_rss_mb", "model_rss_mb"}}, each from a fresh Python
+    process: the whole process's peak, its peak once torch and transformers are imported, and
+    the difference, what the model itself adds.
+
+    A new interpreter (not a fork, which would start from this process's pages, nor a
+    multiprocessing spawn, which re-imports the caller's main script) runs `python -m
+    nerdistill.benchmark`. Two run at a time: the figures are per process, so neither moves.
+    """
+    request = {"workloads": dataclasses.asdict(workloads), "threads": threads, "batch_size": batch_size}
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {key: pool.submit(_run_child, {**request, "path": path, "variant": key[1]})
+                   for key, path in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+def _run_child(request: dict) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-m", "nerdistill.benchmark"], input=json.dumps(request),
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement of {request['path']} ({request['variant']}) failed with exit "
+                           f"status {done.returncode}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _measure(request: dict) -> dict[str, float]:
+    """Child side: load the variant, tag the document and the batch, report the high-water marks."""
+    torch.set_num_threads(request["threads"])
+    imported = _peak_rss_mb()
+    workloads = Workloads(**request["workloads"])
+    tagger = NerTagger.load(request["path"], device="cpu", threads=request["threads"])
+    if request["variant"] == INT8:
+        tagger = quantized(tagger)
+    tagger.tag_words([workloads.doc])
+    tagger.tag_words(workloads.batch, batch_size=request["batch_size"])
+    peak = _peak_rss_mb()
+    return {"peak_rss_mb": peak, "import_rss_mb": imported, "model_rss_mb": peak - imported}
+
+
+def _peak_rss_mb() -> float:
+    """The process's resident-set high-water mark. Linux's VmHWM belongs to this process image only;
+    ru_maxrss (the fallback elsewhere) may include the parent's size copied at fork."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+if __name__ == "__main__":
+    print(json.dumps(_measure(json.loads(sys.stdin.read()))))

@@ -1,0 +1,160 @@
+"""Bench stage: latency, throughput, peak memory and size of the teacher and every student.
+
+All variants run in one interleaved loop on the same inputs: each round times every variant
+once (its order rotated each round), so drift in the machine's speed hits all of them alike.
+`bench.warmup` rounds are discarded, `bench.repeats` are kept. Variants: `cpu_fp32` for every
+model, `cpu_int8` (dynamic int8 nn.Linear) for the teacher and the final student when
+`bench.int8`, `cuda_fp32` when a GPU is present, `cpu_onnx` for an ONNX export folder. Every
+variant that evaluate does not score (int8, ONNX) gets its F1 against the teacher's test-split
+tags here, so no speed is reported without its quality. See nerdistill.benchmark for what is
+timed and how memory is measured.
+
+Headline `ratios`: final student / teacher, fp32 on CPU, and int8 / int8 from the same run.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from nerdistill import benchmark as bm
+from nerdistill.data import load_split
+from nerdistill.io import read_json, save_figure
+from nerdistill.labels import entity_types
+from nerdistill.metrics import entity_scores, restrict_types
+from nerdistill.params import BenchParams, Params
+from nerdistill.predict import NerTagger
+
+logger = logging.getLogger(__name__)
+
+WORKLOADS = ("doc", "phrase", "batch")
+Key = tuple[str, str]  # (model name, variant)
+
+
+def run(params: Params, data_dir: Path, models: dict[str, str], latency_png: Path) -> dict:
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(params.bench.threads)
+    try:
+        return _bench(params.bench, Path(data_dir), models, latency_png)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench(bench: BenchParams, data_dir: Path, models: dict[str, str], latency_png: Path) -> dict:
+    teacher, final = bm.model_roles(models)
+    test = load_split(data_dir / "test.jsonl")
+    sentences, reference = [r["tokens"] for r in test], [r["ner_tags"] for r in test]
+    kept_types = set(entity_types(read_json(data_dir / "label2id.json")))
+
+    taggers = {name: NerTagger.load(path, device="cpu", threads=bench.threads) for name, path in models.items()}
+    variants = _variants(bench, models, taggers, teacher, final)
+    tokenizer = taggers[teacher].words.tokenizer
+    workloads = bm.build_workloads(sentences, tokenizer, bench.doc_tokens, bench.batch_size)
+    memory = bm.peak_memory({key: models[key[0]] for key in variants if key[1] != bm.CUDA}, workloads,
+                            bench.threads, bench.batch_size)
+    samples = _interleaved(variants, workloads, bench)
+
+    results: dict = {name: {"kind": tagger.kind, "parameters": bm.parameter_count(tagger),
+                            "disk_bytes": bm.disk_bytes(models[name]), "variants": {}}
+                     for name, tagger in taggers.items()}
+    for key, tagger in variants.items():
+        figures = _figures(samples[key], bench.batch_size) | memory.get(key, {})
+        if key[1] in (bm.INT8, bm.ONNX):
+            figures |= _quality(tagger, sentences, reference, kept_types, bench.batch_size)
+        results[key[0]]["variants"][key[1]] = figures
+    metrics = {
+        "teacher": teacher, "final": final, "threads": bench.threads, "warmup": bench.warmup,
+        "repeats": bench.repeats, "batch_size": bench.batch_size, "doc_tokens": bench.doc_tokens,
+        "doc_subtokens": bm.subtoken_count(tokenizer, workloads.doc), "doc_words": len(workloads.doc),
+        "phrase_words": len(workloads.phrase),
+        "timed": "model only: encoder forward + CRF Viterbi (students) or argmax (teacher) on windows "
+                 "tokenised and collated beforehand; tokenisation and stitching excluded",
+        "memory": "peak_rss_mb: resident high-water mark of a fresh Python process that loads the variant "
+                  "and tags the document and the batch; import_rss_mb: the same before loading the model; "
+                  "model_rss_mb: the difference",
+        "quality": "f1_agreement: strict IOB2 F1 against the teacher's test-split tags; "
+                   "f1_drop_points = 100 * (1 - f1_agreement)",
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "models": results, "ratios": _ratios(results, teacher, final),
+    }
+    _plot(results, latency_png, metrics)
+    logger.info("bench ratios %s / %s: %s", final, teacher, metrics["ratios"])
+    return metrics
+
+
+def _variants(bench: BenchParams, models: dict[str, str], taggers: dict[str, NerTagger], teacher: str,
+              final: str) -> dict[Key, NerTagger]:
+    variants = {(name, bm.ONNX if tagger.kind == "onnx" else bm.FP32): tagger for name, tagger in taggers.items()}
+    if bench.int8:
+        variants |= {(name, bm.INT8): bm.quantized(taggers[name]) for name in (teacher, final)}
+    if torch.cuda.is_available():
+        variants |= {(name, bm.CUDA): NerTagger.load(path, device="cuda") for name, path in models.items()
+                     if taggers[name].kind != "onnx"}
+    return variants
+
+
+def _interleaved(variants: dict[Key, NerTagger], workloads: bm.Workloads, bench: BenchParams
+                 ) -> dict[Key, dict[str, list[float]]]:
+    timers = {key: bm.Timer(tagger, workloads, bench.batch_size) for key, tagger in variants.items()}
+    samples = {key: {workload: [] for workload in WORKLOADS} for key in timers}
+    keys = list(timers)
+    for round_no in tqdm(range(bench.warmup + bench.repeats), desc="bench", unit="round"):
+        shift = round_no % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            for workload in WORKLOADS:
+                seconds = timers[key].seconds(workload)
+                if round_no >= bench.warmup:
+                    samples[key][workload].append(seconds)
+    return samples
+
+
+def _figures(samples: dict[str, list[float]], batch_size: int) -> dict[str, float]:
+    doc, phrase, batch = (bm.percentiles_ms(samples[workload]) for workload in WORKLOADS)
+    return {"doc_p50_ms": doc["p50_ms"], "doc_p95_ms": doc["p95_ms"], "phrase_p50_ms": phrase["p50_ms"],
+            "phrase_p95_ms": phrase["p95_ms"], "batch_p50_ms": batch["p50_ms"],
+            "throughput_phrases_s": 1000 * batch_size / batch["p50_ms"]}
+
+
+def _quality(tagger: NerTagger, sentences: list[list[str]], reference: list[list[str]], kept_types: set[str],
+             batch_size: int) -> dict[str, float]:
+    predicted = [restrict_types(tags, kept_types) for tags in tagger.tag_words(sentences, batch_size=batch_size)]
+    f1 = entity_scores(reference, predicted)["f1"]
+    return {"f1_agreement": f1, "f1_drop_points": 100 * (1 - f1)}
+
+
+def _ratios(results: dict, teacher: str, final: str) -> dict[str, float]:
+    """final / teacher; a figure missing on either side (a hub teacher not cached) is left out."""
+    student, base = results[final], results[teacher]
+    pairs = {key: (student[key], base[key]) for key in ("parameters", "disk_bytes")}
+    for key in ("doc_p50_ms", "phrase_p50_ms", "throughput_phrases_s", "peak_rss_mb", "model_rss_mb"):
+        pairs[key] = student["variants"][bm.FP32][key], base["variants"][bm.FP32][key]
+    if bm.INT8 in student["variants"]:
+        int8_doc = student["variants"][bm.INT8]["doc_p50_ms"]
+        pairs["int8_doc_p50_ms"] = int8_doc, base["variants"][bm.INT8]["doc_p50_ms"]
+        pairs["final_int8_vs_teacher_fp32_doc_p50_ms"] = int8_doc, base["variants"][bm.FP32]["doc_p50_ms"]
+    return {key: ours / theirs for key, (ours, theirs) in pairs.items() if ours is not None and theirs}
+
+
+def _plot(results: dict, path: Path, metrics: dict) -> None:
+    """p50 bars with p95 whiskers, per model variant, for the document and the median phrase."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(f"{name} {variant}", figures) for name, model in results.items()
+            for variant, figures in model["variants"].items()]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 2), sharey=True)
+    titles = {"doc": f"document (~{metrics['doc_subtokens']} sub-tokens)",
+              "phrase": f"median phrase ({metrics['phrase_words']} words)"}
+    for ax, (workload, title) in zip(axes, titles.items()):
+        p50 = [figures[f"{workload}_p50_ms"] for _, figures in rows]
+        p95 = [figures[f"{workload}_p95_ms"] for _, figures in rows]
+        ax.barh(range(len(rows)), p50, xerr=[[0] * len(rows), [b - a for a, b in zip(p50, p95)]], capsize=3)
+        ax.set(title=f"{title}, batch 1", xlabel="latency ms (bar p50, whisker p95)",
+               yticks=range(len(rows)), yticklabels=[label for label, _ in rows])
+    axes[0].invert_yaxis()  # models top to bottom in the order given, the teacher first
+    fig.suptitle(f"{metrics['threads']} CPU threads; {metrics['repeats']} interleaved rounds")
+    save_figure(fig, path)
