@@ -8,7 +8,7 @@ from seqeval.metrics import classification_report
 from seqeval.scheme import IOB2
 
 from nerdistill.io import InputError
-from nerdistill.metrics import entity_scores, read_conll, type_confusion
+from nerdistill.metrics import entity_scores, read_conll, restrict_types, type_confusion
 
 GOLD = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O"]]
 
@@ -122,3 +122,9 @@ def test_read_conll_rejects_bad_bytes(tmp_path: Path) -> None:
     path.write_bytes(b"Jean B-PER\n\xff\xfe O\n")
     with pytest.raises(InputError, match=r"gold\.conll:2: not valid UTF-8"):
         read_conll(path)
+
+
+def test_restrict_types_maps_other_types_to_o_and_stays_iob2() -> None:
+    tags = ["B-MISC", "I-MISC", "B-PER", "I-PER", "O", "B-LOC"]
+    assert restrict_types(tags, {"PER", "LOC"}) == ["O", "O", "B-PER", "I-PER", "O", "B-LOC"]
+    assert restrict_types(tags, {"PER", "LOC", "MISC"}) == tags

@@ -72,8 +72,9 @@ def _bench(bench: BenchParams, data_dir: Path, models: dict[str, str], latency_p
         "timed": "model only: encoder forward + CRF Viterbi (students) or argmax (teacher) on windows "
                  "tokenised and collated beforehand; tokenisation and stitching excluded",
         "memory": "peak_rss_mb: resident high-water mark of a fresh Python process that loads the variant "
-                  "and tags the document and the batch; import_rss_mb: the same before loading the model; "
-                  "model_rss_mb: the difference",
+                  "and tags the document and the batch; import_rss_mb: the same once torch and transformers are "
+                  "imported; model_rss_mb: the difference (the model, its activations and the library code "
+                  "transformers imports lazily while loading, some tens of MB)",
         "quality": "f1_agreement: strict IOB2 F1 against the teacher's test-split tags; "
                    "f1_drop_points = 100 * (1 - f1_agreement)",
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
