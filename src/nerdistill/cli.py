@@ -21,8 +21,8 @@ log = logging.getLogger("nerdistill")
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "annotate": ("base", "teacher", "annotate"),
     "distill": ("base", "teacher", "student", "distill"),
-    "prune": ("base", "teacher", "distill", "pruning"),
-    "finetune": ("base", "teacher", "distill", "finetune"),
+    "prune": ("base", "teacher", "student", "distill", "pruning", "finetune"),
+    "finetune": ("base", "teacher", "student", "distill", "pruning", "finetune"),
     "evaluate": ("teacher", "evaluate"),
     "bench": ("base", "teacher", "bench"),
     "gate": ("gate",),
@@ -237,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params) if args.needs_params else None
         return args.func(args, params)
     except (ParamsError, InputError) as err:
+        log.error("%s", err)
+        return 2
+    except OSError as err:
+        # Model folders and hub ids the user pointed at (load_teacher says which key to fix).
         log.error("%s", err)
         return 2
 

@@ -126,7 +126,6 @@ def training_arguments(config: TrainConfig, output_dir: Path, logging_steps: int
         label_names=["labels"],
         report_to=[],
         disable_tqdm=False,
-        save_safetensors=True,
         dataloader_num_workers=0,
         **precision_flags(config.precision),
     )
