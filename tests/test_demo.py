@@ -11,8 +11,8 @@ from nerdistill.demo import generate, score_teacher, write_corpus
 from nerdistill.demo.corpus import ENTITY_TYPES, GENRES, LONG_LINE_MIN_WORDS, TEMPLATES
 from nerdistill.demo.teacher import EVAL_SEED_OFFSET, TEACHER_LABELS, gold_iob2, word_tags
 
-# The demo teacher scores ~0.87 strict IOB2 F1 on held-out phrases; far above what a model
-# that learnt nothing or only the commonest type could reach.
+# The demo teacher scores 0.92-0.94 strict IOB2 F1 on held-out phrases (seeds 0-2); a model that
+# learnt nothing scores 0, and one that learnt only the commonest type stays far below this.
 DEMO_TEACHER_MIN_F1 = 0.75
 
 
