@@ -19,6 +19,17 @@ class InputError(ValueError):
     """Bad user input, with the file and line in the message."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _chmod_like_new(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create owner-only entries; give outputs the permissions a plain write would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; it replaces `path` only if the block finishes."""
@@ -28,6 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _chmod_like_new(Path(tmp), directory=False)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -43,6 +55,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _chmod_like_new(tmp, directory=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
