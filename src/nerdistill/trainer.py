@@ -127,6 +127,7 @@ def training_arguments(config: TrainConfig, output_dir: Path, logging_steps: int
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         **precision_flags(config.precision),
     )
 
