@@ -13,9 +13,11 @@ tokenizer files. No pickle anywhere.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,8 @@ from nerdistill.data import NerCollator, WordTokenizer
 from nerdistill.io import InputError, atomic_dir, write_json
 from nerdistill.labels import ordered_labels
 from nerdistill.modeling import CrfStudent
-from nerdistill.predict import CRF_FILE, ONNX_MANIFEST, load_tokenizer, model_kind, student_window
+from nerdistill.predict import (CRF_FILE, ONNX_MANIFEST, load_tokenizer, model_kind, student_window,
+                                window_length)
 from nerdistill.text import split_words
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
     student = CrfStudent.from_pretrained(folder).float().eval()
     tokenizer = load_tokenizer(folder)
     max_length, stride = student_window(student.config, tokenizer)
+    max_positions = window_length(student.config.encoder.max_position_embeddings, tokenizer)
     example = _example_batch(tokenizer, max_length, stride)
     with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="onnx_fp32_") as work:
         fp32_path = Path(work) / MODEL_FILE
@@ -75,7 +79,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
         manifest = {
             "format": "nerdistill-onnx", "model_file": MODEL_FILE, "inputs": list(INPUTS), "outputs": ["emissions"],
             "quantization": "dynamic-int8" if int8 else "none", "max_length": max_length, "stride": stride,
-            "source": str(model_dir), "head_counts": student.config.head_counts,
+            "max_positions": max_positions, "source": str(model_dir), "head_counts": student.config.head_counts,
             "provenance": student.config.provenance,
         }
         write_json(tmp / ONNX_MANIFEST, manifest)
@@ -98,9 +102,11 @@ def _example_batch(tokenizer: Any, max_length: int, stride: int) -> dict[str, to
 
 def _export_graph(student: CrfStudent, example: dict[str, torch.Tensor], path: Path) -> None:
     batch, tokens, words = torch.export.Dim("batch"), torch.export.Dim("tokens"), torch.export.Dim("words")
-    with warnings.catch_warnings():
-        # Shared axes (input_ids and attention_mask) make the exporter say it keeps one name of two.
+    with warnings.catch_warnings(), _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx", level=logging.ERROR):
+        # Noise about the exporter itself, not this model: shared axes (input_ids and attention_mask
+        # keep one name of two) and a deprecated call inside torch.export.
         warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         torch.onnx.export(
             EmissionsGraph(student).eval(), tuple(example[name] for name in INPUTS), str(path),
             input_names=list(INPUTS), output_names=["emissions"], dynamo=True, external_data=False,
@@ -113,19 +119,28 @@ def _quantize(fp32_path: Path, int8_path: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    # onnxruntime's quantiser logs one INFO line per tensor on the root logger; keep the CLI readable.
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))
-    try:
-        # Shape inference and graph clean-up first, as onnxruntime recommends; per-channel int8
-        # weights keep more entities identical to PyTorch than per-tensor ones. Activations are
-        # quantised on the fly, so no calibration data is needed.
+    # Shape inference and graph clean-up first, as onnxruntime recommends; per-channel int8 weights
+    # keep more entities identical to PyTorch than per-tensor ones. Activations are quantised on
+    # the fly, so no calibration data is needed. The quantiser logs a line per tensor on the root logger.
+    with _quiet_loggers(""):
         prepared = fp32_path.with_name("prepared.onnx")
         quant_pre_process(fp32_path, prepared)
         quantize_dynamic(prepared, int8_path, weight_type=QuantType.QInt8, per_channel=True)
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str, level: int = logging.WARNING) -> Iterator[None]:
+    """Hold the named loggers ("" = root) at `level` or above: the exporter and the quantiser log a
+    line per node, and torch.onnx warns about torchvision operators this model does not use."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(max(logger.getEffectiveLevel(), level))
+    try:
+        yield
     finally:
-        root.setLevel(level)
+        for logger, previous in zip(loggers, levels):
+            logger.setLevel(previous)
 
 
 def _write_crf(student: CrfStudent, path: Path) -> None:

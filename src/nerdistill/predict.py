@@ -167,7 +167,8 @@ class NerTagger:
 
         `max_length`/`stride` (sub-tokens per window / shared by two windows) default to the
         student's training settings from its provenance, else to what the model's positions allow
-        (at most 512) and a quarter of that. `threads` sets onnxruntime's intra-op threads.
+        (at most 512) and a quarter of that; a `max_length` given alone gets a quarter of it as
+        stride. `threads` sets onnxruntime's intra-op threads (torch's are the caller's to set).
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         kind, folder = model_kind(path_or_hub_id)
@@ -175,10 +176,11 @@ class NerTagger:
             manifest = read_json(folder / ONNX_MANIFEST)
             backend: Backend = OnnxBackend(folder, manifest, device, threads)
             tokenizer = load_tokenizer(folder)
-            default_length, default_stride = manifest["max_length"], manifest["stride"]
+            limit, default_length, default_stride = manifest["max_positions"], manifest["max_length"], manifest["stride"]
         elif kind == "student":
             model = CrfStudent.from_pretrained(folder)
             backend, tokenizer = StudentBackend(model, device), load_tokenizer(folder)
+            limit = window_length(model.config.encoder.max_position_embeddings, tokenizer)
             default_length, default_stride = student_window(model.config, tokenizer)
         else:
             try:
@@ -186,11 +188,14 @@ class NerTagger:
             except OSError as err:
                 raise InputError(str(err)) from err
             backend = TeacherBackend(model, device)
-            default_length = window_length(model.config.max_position_embeddings, tokenizer)
+            limit = default_length = window_length(model.config.max_position_embeddings, tokenizer)
             default_stride = default_length // 4
+        if max_length is not None and not 8 <= max_length <= limit:
+            raise InputError(f"max_length={max_length}: {path_or_hub_id} takes windows of 8 to {limit} sub-tokens")
         length = max_length or default_length
-        tagger = cls(backend, tokenizer, length, default_stride if stride is None else stride, drop_types,
-                     batch_size)
+        if stride is None:
+            stride = default_stride if max_length is None else length // 4
+        tagger = cls(backend, tokenizer, length, stride, drop_types, batch_size)
         log.info("%s tagger from %s on %s: labels %s, windows of %d sub-tokens (stride %d)", kind,
                  path_or_hub_id, device, tagger.labels, tagger.max_length, tagger.stride)
         return tagger
