@@ -69,7 +69,8 @@ def test_fp32_export_tags_exactly_like_pytorch(student_dir, fp32_dir, annotated_
     assert summary["quantization"] == "none" and summary["max_abs_emission_diff"] < 1e-4
     manifest = read_json(out / "nerdistill_onnx.json")
     assert manifest["head_counts"] == [2, 1, 4, 2]
-    assert {"model.onnx", "crf.json", "nerdistill_onnx.json", "tokenizer_config.json"} <= {p.name for p in out.iterdir()}
+    files = {path.name for path in out.iterdir()}
+    assert {"model.onnx", "crf.json", "nerdistill_onnx.json", "tokenizer_config.json"} <= files
     assert not list(out.glob("*.pkl")) and not list(out.glob("*.bin"))
 
     test_split = [record["tokens"] for record in load_split(annotated_dir / "test.jsonl")]

@@ -40,7 +40,7 @@ from nerdistill.io import InputError, atomic_path, read_json
 from nerdistill.labels import ordered_labels, student_labels
 from nerdistill.modeling import CrfStudent, StudentConfig, load_teacher, teacher_forward, viterbi
 from nerdistill.text import Word, entity_spans, iob1_to_iob2, split_words
-from nerdistill.text import drop_types as drop_entity_types
+from nerdistill.text import drop_types as drop_entity_types  # `drop_types` names the tagger's option
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,6 @@ class OnnxBackend:
         crf = read_json(folder / CRF_FILE)
         self.labels = list(crf["labels"])
         self.crf = CrfWeights(*(torch.tensor(crf[key], dtype=torch.float32) for key in ("start", "end", "transitions")))
-        self.quantization = manifest.get("quantization", "none")
 
     def predict(self, batch: dict[str, torch.Tensor]) -> list[tuple[list[str], list[float]]]:
         feeds = {name: batch[name].numpy() for name in self.input_names}
@@ -176,7 +175,8 @@ class NerTagger:
             manifest = read_json(folder / ONNX_MANIFEST)
             backend: Backend = OnnxBackend(folder, manifest, device, threads)
             tokenizer = load_tokenizer(folder)
-            limit, default_length, default_stride = manifest["max_positions"], manifest["max_length"], manifest["stride"]
+            limit = manifest["max_positions"]
+            default_length, default_stride = manifest["max_length"], manifest["stride"]
         elif kind == "student":
             model = CrfStudent.from_pretrained(folder)
             backend, tokenizer = StudentBackend(model, device), load_tokenizer(folder)
@@ -232,7 +232,8 @@ class NerTagger:
                     tags[line][word], scores[line][word] = label, prob
         # Stitching can leave an I-X after a window edge whose other side said O; reading it as
         # B-X (as iob1_to_iob2 does) keeps the output valid IOB2, and IO teachers become IOB2 here.
-        return [(drop_entity_types(iob1_to_iob2(line), dropped), line_scores) for line, line_scores in zip(tags, scores)]
+        return [(drop_entity_types(iob1_to_iob2(line), dropped), line_scores)
+                for line, line_scores in zip(tags, scores)]
 
     def _windows_tagged(self, sentences: Sequence[Sequence[str]], batch_size: int
                         ) -> Iterator[tuple[int, Window, tuple[list[str], list[float]]]]:
