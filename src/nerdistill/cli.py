@@ -149,6 +149,13 @@ def cmd_demo_teacher(args: argparse.Namespace, params: Params | None) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, params: Params | None) -> int:
+    from nerdistill.report import write_report
+
+    write_report(Path.cwd(), args.out, experiments=args.exp or None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nerdistill", description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
@@ -226,6 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo-teacher", cmd_demo_teacher, "build the small offline demo teacher", needs_params=False)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("report", cmd_report, "HTML page comparing the workspace and the DVC experiments", needs_params=False)
+    p.add_argument("--out", type=Path, default=Path("reports/report.html"))
+    p.add_argument("--exp", action="append", default=[], metavar="NAME",
+                   help="keep only these rows (experiment, baseline branch or workspace; repeatable)")
     return parser
 
 

@@ -1,0 +1,209 @@
+"""One self-contained HTML page comparing the workspace, its baseline and every DVC experiment.
+
+The rows come from `dvc exp show --json` (the nested params and metrics of each revision, which
+`dvc.api.exp_show` flattens into ambiguous column names); the workspace's PNG plots are inlined
+as base64 images, so the page opens offline and can be mailed as one file.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nerdistill.io import InputError, write_text
+
+logger = logging.getLogger(__name__)
+
+PARAMS_FILE = "params.yaml"
+EVAL, BENCH, GATE, PRUNE = "metrics/eval.json", "metrics/bench.json", "metrics/gate.json", "metrics/prune.json"
+FINAL = "{final}"  # stands for the final student's name (eval.json / bench.json "final") in a column path
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    source: str              # PARAMS_FILE or a metrics file, as dvc.yaml names it
+    path: tuple[str, ...]
+    fmt: str = "{}"
+
+
+PARAM_COLUMNS = (
+    Column("pruning.ratio", PARAMS_FILE, ("pruning", "ratio")),
+    Column("pruning.scope", PARAMS_FILE, ("pruning", "scope")),
+    Column("distill.temperature", PARAMS_FILE, ("distill", "temperature")),
+    Column("distill.epochs", PARAMS_FILE, ("distill", "epochs")),
+    Column("distill.learning_rate", PARAMS_FILE, ("distill", "learning_rate")),
+    Column("student.num_layers", PARAMS_FILE, ("student", "num_layers")),
+    Column("finetune.epochs", PARAMS_FILE, ("finetune", "epochs")),
+)
+METRIC_COLUMNS = (
+    Column("agreement F1", EVAL, ("agreement", FINAL, "f1"), "{:.4f}"),
+    Column("gold F1", EVAL, ("gold", FINAL, "f1"), "{:.4f}"),
+    Column("F1 drop (pts, agreement)", EVAL, ("f1_drop_points", "agreement", FINAL), "{:.2f}"),
+    Column("F1 drop (pts, gold)", EVAL, ("f1_drop_points", "gold", FINAL), "{:.2f}"),
+    Column("heads removed", PRUNE, ("heads_removed",)),
+    Column("p50 fp32 (ms)", BENCH, ("models", FINAL, "variants", "cpu_fp32", "doc_p50_ms"), "{:.1f}"),
+    Column("p50 int8 (ms)", BENCH, ("models", FINAL, "variants", "cpu_int8", "doc_p50_ms"), "{:.1f}"),
+    Column("latency ratio fp32", BENCH, ("ratios", "doc_p50_ms"), "{:.3f}"),
+    Column("latency ratio int8", BENCH, ("ratios", "int8_doc_p50_ms"), "{:.3f}"),
+    Column("params ratio", BENCH, ("ratios", "parameters"), "{:.3f}"),
+    Column("bytes ratio", BENCH, ("ratios", "disk_bytes"), "{:.3f}"),
+    Column("gate", GATE, ("decision",)),
+    Column("gate variant", GATE, ("variant",)),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str                # "workspace", "baseline" or "experiment"
+    rev: str
+    created: str
+    baseline: str            # name of the row it was derived from ("" for baselines)
+    files: dict[str, Any]    # params/metrics file -> its parsed content
+
+
+def write_report(repo_dir: str | Path, out_path: str | Path, experiments: list[str] | None = None) -> Path:
+    """Write the comparison page for `repo_dir` to `out_path` and return the path.
+
+    `experiments`: row names to keep (experiment names, "workspace", a baseline's branch name);
+    None keeps every row `dvc exp show` lists."""
+    repo_dir, out_path = Path(repo_dir), Path(out_path)
+    rows = _select(collect_rows(repo_dir), experiments)
+    write_text(out_path, render(rows, _workspace_images(repo_dir), _workspace_gate(repo_dir)))
+    logger.info("report: %d rows, written to %s", len(rows), out_path)
+    return out_path
+
+
+def collect_rows(repo_dir: Path) -> list[Row]:
+    """Workspace, then each baseline followed by its experiments, as `dvc exp show` orders them."""
+    rows = []
+    for entry in _exp_show(repo_dir):
+        kind = "workspace" if entry["rev"] == "workspace" else "baseline"
+        baseline = _row(entry, kind, "")
+        rows.append(baseline)
+        for experiment in entry.get("experiments") or []:
+            rows.extend(_row(rev, "experiment", baseline.name) for rev in experiment["revs"])
+    return rows
+
+
+def _exp_show(repo_dir: Path) -> list[dict]:
+    command = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+    try:
+        done = subprocess.run(command, cwd=repo_dir, capture_output=True, text=True, check=True)
+    except subprocess.CalledProcessError as err:
+        raise InputError(f"{repo_dir}: `dvc exp show --json` failed ({err.returncode}); the report needs "
+                         f"a git + DVC repository: {err.stderr.strip()[-500:]}") from None
+    return json.loads(done.stdout)
+
+
+def _row(entry: dict, kind: str, baseline: str) -> Row:
+    data = entry.get("data") or {}
+    files = {name: content.get("data", {}) for section in ("params", "metrics")
+             for name, content in (data.get(section) or {}).items()}
+    rev = entry["rev"]
+    name = entry.get("name") or (rev if kind == "workspace" else rev[:7])
+    return Row(name=name, kind=kind, rev="" if kind == "workspace" else rev[:7],
+               created=data.get("timestamp") or "", baseline=baseline, files=files)
+
+
+def _select(rows: list[Row], names: list[str] | None) -> list[Row]:
+    if names is None:
+        return rows
+    known = {row.name for row in rows}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise InputError(f"experiments {unknown} not found; `dvc exp show` lists: {', '.join(sorted(known))}")
+    return [row for row in rows if row.name in names]
+
+
+def cell(row: Row, column: Column) -> str:
+    """The formatted value of `column` in `row`, or "" where that revision lacks it."""
+    tree = row.files.get(column.source, {})
+    final = _final_name(row)
+    for key in column.path:
+        if not isinstance(tree, dict):
+            return ""
+        tree = tree.get(final if key == FINAL else key)
+    if tree is None or isinstance(tree, (dict, list)):
+        return ""
+    if isinstance(tree, bool) or not isinstance(tree, (int, float)):
+        return str(tree)
+    return column.fmt.format(tree)
+
+
+def _final_name(row: Row) -> str:
+    for source in (EVAL, BENCH, GATE):
+        name = row.files.get(source, {}).get("final") or row.files.get(source, {}).get("model")
+        if isinstance(name, str):
+            return name
+    return "final"
+
+
+def _workspace_images(repo_dir: Path) -> list[tuple[str, str]]:
+    """(file name, base64 PNG) for each plots/*.png of the workspace."""
+    return [(png.name, base64.b64encode(png.read_bytes()).decode("ascii"))
+            for png in sorted((repo_dir / "plots").glob("*.png"))]
+
+
+def _workspace_gate(repo_dir: Path) -> str:
+    from nerdistill.stages.gate import summary
+
+    path = repo_dir / GATE
+    if not path.exists():
+        return ""
+    try:
+        return summary(json.loads(path.read_text(encoding="utf-8")))
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path}: not a gate result ({err}); re-run `dvc repro gate`") from None
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; } td.name { text-align: left; font-weight: bold; }
+tr.workspace td { background: #fffbe6; } tr.baseline td { background: #eef5ff; }
+td.changed { color: #b00; font-weight: bold; }
+td.GO { background: #d9f2d9 !important; } td.REVIEW { background: #fff2cc !important; }
+td.NO-GO { background: #f8d0d0 !important; }
+figure { display: inline-block; margin: 1em; vertical-align: top; } img { max-width: 900px; }
+pre { background: #f6f6f6; padding: 1em; }
+"""
+
+
+def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str) -> str:
+    """The whole page; values an experiment changed from its baseline are shown in red."""
+    baselines = {row.name: row for row in rows if row.kind != "experiment"}
+    columns = PARAM_COLUMNS + METRIC_COLUMNS
+    head = "".join(f"<th>{html.escape(header)}</th>"
+                   for header in ("experiment", "rev", "created", *(c.header for c in columns)))
+    body = []
+    for row in rows:
+        base = baselines.get(row.baseline)
+        cells = [f'<td class="name">{html.escape(row.name)}</td>', f"<td>{html.escape(row.rev)}</td>",
+                 f"<td>{html.escape(row.created)}</td>"]
+        for column in columns:
+            value = cell(row, column)
+            classes = [value] if column.source == GATE and column.path == ("decision",) else []
+            if base is not None and value != cell(base, column):
+                classes.append("changed")
+            attr = f' class="{" ".join(classes)}"' if classes else ""
+            cells.append(f"<td{attr}>{html.escape(value)}</td>")
+        body.append(f'<tr class="{row.kind}">{"".join(cells)}</tr>')
+    figures = "".join(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+                      f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in images)
+    gate = f"<h2>Gate (workspace)</h2><pre>{html.escape(gate_summary)}</pre>" if gate_summary else ""
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>nerdistill experiments</title>'
+            f"<style>{STYLE}</style></head><body>\n<h1>nerdistill experiments</h1>\n"
+            f"<p>Rows from <code>dvc exp show</code>: the workspace, each baseline commit and its experiments. "
+            f"Red: differs from the baseline. F1 of the final student; latencies are batch-1 p50 on the bench "
+            f"document; ratios are final student / teacher.</p>\n"
+            f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
+            f"{gate}<h2>Plots (workspace)</h2>\n{figures}\n</body></html>\n")

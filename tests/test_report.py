@@ -1,0 +1,181 @@
+"""The HTML experiment report on a fabricated repository: real git + DVC, a toy stage that writes
+eval/bench/gate metrics shaped like the pipeline's, one experiment, and a tiny PNG plot."""
+from __future__ import annotations
+
+import base64
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from nerdistill import cli
+from nerdistill.io import InputError
+from nerdistill.report import METRIC_COLUMNS, Row, cell, write_report
+
+# Metrics shaped like evaluate/bench/gate's, derived from pruning.ratio so an experiment changes them.
+TOY_STAGE = '''
+import json, pathlib, yaml
+ratio = yaml.safe_load(open("params.yaml"))["pruning"]["ratio"]
+out = pathlib.Path("metrics"); out.mkdir(exist_ok=True)
+variants = {"cpu_fp32": {"doc_p50_ms": 100 * ratio}, "cpu_int8": {"doc_p50_ms": 50 * ratio}}
+json.dump({"final": "final", "agreement": {"teacher": {"f1": 1.0}, "final": {"f1": 1 - ratio / 10}},
+           "f1_drop_points": {"agreement": {"final": 10 * ratio}}}, open(out / "eval.json", "w"))
+json.dump({"final": "final", "models": {"final": {"variants": variants}},
+           "ratios": {"doc_p50_ms": ratio, "parameters": 0.5, "disk_bytes": 0.5}}, open(out / "bench.json", "w"))
+json.dump({"decision": "GO" if ratio < 0.4 else "NO-GO", "basis": "agreement", "model": "final",
+           "variant": "cpu_fp32", "checks": [{"name": "cpu_latency_p50_ms", "value": 100 * ratio,
+           "threshold": 200, "passed": True, "source": "toy"}]}, open(out / "gate.json", "w"))
+'''
+DVC_YAML = """stages:
+  toy:
+    cmd: python toy.py
+    deps: [toy.py]
+    params: [pruning]
+    metrics:
+      - metrics/eval.json: {cache: false}
+      - metrics/bench.json: {cache: false}
+      - metrics/gate.json: {cache: false}
+"""
+
+
+def _png(width: int = 2, height: int = 2) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _run(root: Path, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("DVC_EXP_NAME", None)
+    return subprocess.run(list(args), cwd=root, env=env, capture_output=True, text=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(repo, experiment name): baseline pruning.ratio 0.25 committed, experiment at 0.5 applied
+    nowhere (the workspace stays at the baseline), plots/latency.png in the workspace."""
+    root = tmp_path_factory.mktemp("report") / "repo"
+    root.mkdir()
+    (root / "toy.py").write_text(TOY_STAGE, encoding="utf-8")
+    (root / "dvc.yaml").write_text(DVC_YAML, encoding="utf-8")
+    (root / "params.yaml").write_text("pruning: {ratio: 0.25, scope: per_layer}\ndistill: {temperature: 2.5}\n",
+                                      encoding="utf-8")
+    _run(root, "git", "init", "-q", "-b", "main")
+    _run(root, "git", "config", "user.email", "report@example.invalid")
+    _run(root, "git", "config", "user.name", "report")
+    _run(root, "dvc", "init", "-q")
+    _run(root, "dvc", "repro", "-q")
+    _run(root, "git", "add", "-A")
+    _run(root, "git", "commit", "-q", "-m", "baseline")
+    output = _run(root, "dvc", "exp", "run", "-S", "pruning.ratio=0.5")
+    name = output.split("Reproducing experiment '", 1)[1].split("'", 1)[0]
+    _run(root, "git", "checkout", "--", ".")
+    (root / "plots").mkdir()
+    (root / "plots" / "latency.png").write_bytes(_png())
+    return root, name
+
+
+class _Page(HTMLParser):
+    """Table rows as {header: (text, css classes)}, image sources, and every URL-bearing attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: list[str] = []
+        self.rows: list[dict[str, tuple[str, str]]] = []
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self._cell: tuple[str, str] | None = None
+        self._cells: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        self.links += [value or "" for key, value in attrs if key in ("src", "href")]
+        if tag == "img":
+            self.images.append(found["src"] or "")
+        elif tag in ("td", "th"):
+            self._cell = ("", found.get("class") or "")
+        elif tag == "tr":
+            self._cells = []
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell = (self._cell[0] + data, self._cell[1])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self._cells.append(self._cell)
+            self._cell = None
+        elif tag == "tr" and self._cells:
+            if not self.headers:
+                self.headers = [text for text, _ in self._cells]
+            else:
+                self.rows.append(dict(zip(self.headers, self._cells)))
+
+
+def _parse(path: Path) -> _Page:
+    page = _Page()
+    page.feed(path.read_text(encoding="utf-8"))
+    return page
+
+
+def test_report_compares_workspace_baseline_and_experiment(toy_repo: tuple[Path, str], tmp_path: Path) -> None:
+    root, exp_name = toy_repo
+    out = write_report(root, tmp_path / "reports" / "report.html")
+    page = _parse(out)
+    rows = {row["experiment"][0]: row for row in page.rows}
+    assert set(rows) == {"workspace", "main", exp_name}
+
+    baseline, experiment = rows["main"], rows[exp_name]
+    assert baseline["pruning.ratio"] == ("0.25", "") and experiment["pruning.ratio"] == ("0.5", "changed")
+    assert experiment["distill.temperature"] == ("2.5", "")  # unchanged: not flagged
+    assert baseline["p50 fp32 (ms)"][0] == "25.0" and experiment["p50 fp32 (ms)"][0] == "50.0"
+    assert experiment["p50 int8 (ms)"][0] == "25.0"
+    assert experiment["agreement F1"][0] == "0.9500"
+    assert experiment["F1 drop (pts, agreement)"][0] == "5.00"
+    assert experiment["latency ratio fp32"][0] == "0.500"
+    assert baseline["gate"] == ("GO", "GO") and experiment["gate"] == ("NO-GO", "NO-GO changed")
+    assert experiment["gold F1"][0] == ""  # no gold set scored: an empty cell, not an error
+
+    # Self-contained: the only source is the inlined workspace PNG, byte for byte.
+    assert page.images == [f"data:image/png;base64,{base64.b64encode(_png()).decode()}"]
+    assert all(link.startswith("data:") for link in page.links)
+    assert "PASS" in out.read_text(encoding="utf-8").upper()  # the workspace gate summary
+
+
+def test_report_keeps_only_the_named_experiments(toy_repo: tuple[Path, str], tmp_path: Path) -> None:
+    root, exp_name = toy_repo
+    page = _parse(write_report(root, tmp_path / "report.html", experiments=["main", exp_name]))
+    assert [row["experiment"][0] for row in page.rows] == ["main", exp_name]
+    with pytest.raises(InputError, match="no-such-exp.*main"):
+        write_report(root, tmp_path / "other.html", experiments=["no-such-exp"])
+    assert not (tmp_path / "other.html").exists()
+
+
+def test_report_command_writes_the_page(toy_repo: tuple[Path, str], tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    root, exp_name = toy_repo
+    monkeypatch.chdir(root)
+    assert cli.main(["report", "--out", str(tmp_path / "cli.html"), "--exp", exp_name]) == 0
+    assert [row["experiment"][0] for row in _parse(tmp_path / "cli.html").rows] == [exp_name]
+
+
+def test_outside_a_dvc_repository_the_error_says_so(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="dvc exp show"):
+        write_report(tmp_path, tmp_path / "report.html")
+
+
+def test_cells_follow_the_final_students_name_and_skip_missing_values() -> None:
+    bench = {"final": "small", "models": {"small": {"variants": {"cpu_fp32": {"doc_p50_ms": 12.345}}}}}
+    row = Row(name="x", kind="experiment", rev="abc1234", created="", baseline="main",
+              files={"metrics/bench.json": bench, "metrics/eval.json": {"final": "small", "agreement": {}}})
+    by_header = {column.header: cell(row, column) for column in METRIC_COLUMNS}
+    assert by_header["p50 fp32 (ms)"] == "12.3"
+    assert by_header["p50 int8 (ms)"] == "" and by_header["agreement F1"] == "" and by_header["gate"] == ""
