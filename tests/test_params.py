@@ -64,3 +64,12 @@ def test_flat_keys_match_dvc_set_syntax():
     flat = params_from_dict({}).flat()
     assert flat["pruning.ratio"] == 0.25
     assert flat["distill.layer_map.teacher"] == [2, 4, 6, 8, 10, 12]
+
+
+def test_floats_without_a_dot_are_numbers(tmp_path):
+    # `dvc exp run -S finetune.learning_rate=0.00005` writes `5e-05`, a string to YAML 1.1.
+    path = tmp_path / "params.yaml"
+    path.write_text("finetune:\n  learning_rate: 5e-05\ndistill:\n  learning_rate: 1E-4\n", encoding="utf-8")
+    params = load_params(path)
+    assert params.finetune.learning_rate == 5e-5
+    assert params.distill.learning_rate == 1e-4

@@ -6,6 +6,7 @@ with a message naming the key and what is allowed, before any stage does work.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,15 @@ import yaml
 
 class ParamsError(ValueError):
     """A problem in params.yaml, with the offending key in the message."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `5e-05` as a float, as YAML 1.2 does. PyYAML follows YAML 1.1, where a
+    float needs a dot, so it reads `5e-05` as a string; `dvc exp run -S lr=0.00005` writes just that."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                              list("-+0123456789"))
 
 
 @dataclass(frozen=True)
@@ -253,7 +263,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ParamsError(f"{path}: parameters file not found; run from the repository root or pass --params")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from err
     try:
