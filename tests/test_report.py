@@ -60,8 +60,8 @@ def _run(root: Path, *args: str) -> str:
 
 @pytest.fixture(scope="module")
 def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """(repo, experiment name): baseline pruning.ratio 0.25 committed, experiment at 0.5 applied
-    nowhere (the workspace stays at the baseline), plots/latency.png in the workspace."""
+    """(repo, experiment name): the baseline (pruning.ratio 0.25) committed, one experiment at 0.5,
+    the workspace back at the baseline with plots/latency.png in it."""
     root = tmp_path_factory.mktemp("report") / "repo"
     root.mkdir()
     (root / "toy.py").write_text(TOY_STAGE, encoding="utf-8")

@@ -1,0 +1,204 @@
+"""End to end: the real `dvc repro` and `dvc exp run` commands on a copy of this repository.
+
+A tiny params profile (the demo teacher, a 3-layer student, one epoch each, few bench rounds)
+and a 200-line corpus keep the seven stages to a few minutes on two cores. One module fixture
+runs the pipeline once and two experiments; each test reads what DVC, the metrics files and
+the MLflow store say about that single execution.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nerdistill.params import params_from_dict
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("annotate", "distill", "prune", "finetune", "evaluate", "bench", "gate")
+CORPUS_LINES = 200
+COMMAND_TIMEOUT_S = 600
+
+
+@dataclass
+class Pipeline:
+    root: Path
+    env: dict[str, str]
+    tracking_uri: str
+    outputs: dict[str, str] = field(default_factory=dict)   # command label -> DVC's stdout + stderr
+    exp_names: dict[str, str] = field(default_factory=dict)  # command label -> experiment name
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def run(self, *args: str, label: str | None = None) -> str:
+        started = time.monotonic()
+        done = subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True,
+                              timeout=COMMAND_TIMEOUT_S)
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, f"{' '.join(args)} failed ({done.returncode}):\n{output[-6000:]}"
+        if label:
+            self.outputs[label] = output
+            self.seconds[label] = time.monotonic() - started
+        return done.stdout
+
+
+def _tiny_profile(params: dict, teacher_dir: Path) -> dict:
+    params["teacher"].update(model_name=str(teacher_dir), max_length=128, stride=32, batch_size=16)
+    params["student"].update(num_layers=3, teacher_layers=[1, 2, 4], max_length=128)
+    params["distill"].update(epochs=1, learning_rate=5e-4, layer_map={"teacher": [2, 4], "student": [2, 3]})
+    params["finetune"].update(epochs=1, learning_rate=3e-4)
+    params["pruning"].update(num_batches=2)
+    # int8 adds two quantised variants and two fresh measuring processes: bench's own tests cover it.
+    params["bench"].update(repeats=2, warmup=1, int8=False)
+    params["evaluate"].update(error_samples=5)
+    params_from_dict(params)  # a profile the pipeline would refuse fails here, not in stage 1
+    return params
+
+
+def _copy_repo(dest: Path) -> None:
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.split("\0")
+    for name in [*tracked, ".dvc/config"]:
+        source = REPO / name
+        if name and source.is_file():  # ls-files also lists files deleted in the working tree
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / name)
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+
+def _ran(output: str) -> set[str]:
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
+
+
+def _skipped(output: str) -> set[str]:
+    return {stage for stage in STAGES if f"Stage '{stage}' didn't change, skipping" in output}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path) -> Pipeline:
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    _copy_repo(root)
+    corpus = root / "data" / "raw" / "corpus.txt"
+    corpus.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:CORPUS_LINES]),
+                      encoding="utf-8")
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    (root / "params.yaml").write_text(yaml.safe_dump(_tiny_profile(params, demo_teacher_dir), sort_keys=False),
+                                      encoding="utf-8")
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "config", "user.email", "e2e@example.invalid")
+    _git(root, "config", "user.name", "e2e")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "tiny profile")
+
+    tracking_uri = f"sqlite:///{root.parent / 'mlflow.db'}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_TRACKING_URI": tracking_uri, "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("DVC_EXP_NAME", None)
+    pipe = Pipeline(root=root, env=env, tracking_uri=tracking_uri)
+
+    pipe.run("dvc", "repro", label="repro")
+    _git(root, "add", "-A")
+    _git(root, "commit", "-q", "-m", "baseline run")
+    for label, override in (("ratio", "pruning.ratio=0.5"), ("temperature", "distill.temperature=3.0")):
+        pipe.run("dvc", "exp", "run", "-S", override, label=label)
+        pipe.exp_names[label] = _exp_name(pipe.outputs[label])
+        # Back to the committed baseline, so the next experiment changes one param only.
+        _git(root, "checkout", "--", ".")
+        pipe.run("dvc", "checkout", "--force")
+    print(f"\ne2e timings (s): {pipe.seconds}")
+    return pipe
+
+
+def _exp_name(output: str) -> str:
+    # DVC prints "Reproducing experiment 'NAME'" when it starts an experiment.
+    marker = "Reproducing experiment '"
+    assert marker in output, output[-3000:]
+    return output.split(marker, 1)[1].split("'", 1)[0]
+
+
+def test_repro_runs_every_stage_and_the_gate_decides(pipeline: Pipeline) -> None:
+    assert _ran(pipeline.outputs["repro"]) == set(STAGES)
+    for name in ("annotate", "distill", "prune", "finetune", "eval", "bench", "gate"):
+        assert json.loads((pipeline.root / "metrics" / f"{name}.json").read_text())
+    gate = json.loads((pipeline.root / "metrics" / "gate.json").read_text())
+    assert gate["decision"] in {"GO", "REVIEW", "NO-GO"}
+    assert [c["name"] for c in gate["checks"]] == ["f1_drop_points", "cpu_latency_p50_ms", "peak_memory_mb"]
+    assert all(isinstance(c["passed"], bool) and isinstance(c["value"], float) for c in gate["checks"])
+
+
+def test_pruning_ratio_reruns_prune_onward_only(pipeline: Pipeline) -> None:
+    output = pipeline.outputs["ratio"]
+    assert _skipped(output) == {"annotate", "distill"}
+    assert _ran(output) == {"prune", "finetune", "evaluate", "bench", "gate"}
+
+
+def test_temperature_reruns_distill_onward(pipeline: Pipeline) -> None:
+    output = pipeline.outputs["temperature"]
+    assert _skipped(output) == {"annotate"}
+    assert _ran(output) == set(STAGES) - {"annotate"}
+
+
+def test_exp_show_and_metrics_diff_compare_the_experiments(pipeline: Pipeline) -> None:
+    rows = list(csv.DictReader(io.StringIO(pipeline.run("dvc", "exp", "show", "--csv"))))
+    assert {"pruning.ratio", "distill.temperature", "decision"} <= set(rows[0])
+    by_name = {row["Experiment"]: row for row in rows}
+    ratio, temperature = pipeline.exp_names["ratio"], pipeline.exp_names["temperature"]
+    assert by_name[ratio]["pruning.ratio"] == "0.5"
+    assert by_name[temperature]["distill.temperature"] == "3.0"
+    assert by_name[temperature]["pruning.ratio"] == "0.25"
+
+    # --all: the tiny students may tie on F1, and a tie is still a row of the comparison.
+    diff = json.loads(pipeline.run("dvc", "metrics", "diff", ratio, temperature, "--all", "--json"))
+    eval_keys, bench_keys = set(diff["metrics/eval.json"]), set(diff["metrics/bench.json"])
+    assert "agreement.final.f1" in eval_keys
+    assert "models.final.variants.cpu_fp32.doc_p50_ms" in bench_keys
+
+
+def test_mlflow_has_one_parent_per_execution_with_its_gate(pipeline: Pipeline) -> None:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=pipeline.tracking_uri)
+    experiment = client.get_experiment_by_name("nerdistill")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 3  # dvc repro, then two experiments
+    assert {p.data.params["pruning.ratio"] for p in parents} == {"0.25", "0.5"}
+    assert all(p.data.tags.get("gate") in {"GO", "REVIEW", "NO-GO"} for p in parents)
+    parent_ids = {p.info.run_id for p in parents}
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == parent_ids
+    # 7 stages, then 5 (prune onward), then 6 (distill onward).
+    assert len(children) == 7 + 5 + 6
+    ratio_parent = next(p for p in parents if p.data.tags.get("dvc_exp_name") == pipeline.exp_names["ratio"])
+    stages = {c.data.tags["stage"] for c in children if c.data.tags["mlflow.parentRunId"] == ratio_parent.info.run_id}
+    assert stages == {"prune", "finetune", "evaluate", "bench", "gate"}
+    filtered = client.search_runs([experiment.experiment_id],
+                                  filter_string="params.`pruning.ratio` = '0.5' and tags.gate != ''")
+    assert [r.info.run_id for r in filtered] == [ratio_parent.info.run_id]
+
+
+def test_report_compares_the_pipeline_experiments(pipeline: Pipeline, tmp_path: Path) -> None:
+    from nerdistill.report import write_report
+
+    page = write_report(pipeline.root, tmp_path / "report.html").read_text(encoding="utf-8")
+    for name in (*pipeline.exp_names.values(), "workspace", "main"):
+        assert f'<td class="name">{name}</td>' in page
+    for png in ("distill_history", "head_importance", "finetune_history", "confusion", "latency"):
+        assert f'alt="{png}.png" src="data:image/png;base64,' in page
+    gate = json.loads((pipeline.root / "metrics" / "gate.json").read_text())
+    assert f'<td class="{gate["decision"]}">{gate["decision"]}</td>' in page
+    assert "http://" not in page and "https://" not in page
