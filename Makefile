@@ -8,7 +8,7 @@ DEMO_TEACHER := models/demo_teacher
 DEMO_OVERRIDES := -S teacher.model_name=$(DEMO_TEACHER) \
 	-S 'student.num_layers=3' -S 'student.teacher_layers=[1,2,4]' \
 	-S 'distill.layer_map.teacher=[2,4]' -S 'distill.layer_map.student=[2,3]' \
-	-S distill.epochs=4 -S distill.learning_rate=0.0005 -S distill.batch_size=16 \
+	-S distill.epochs=3 -S distill.learning_rate=0.0005 \
 	-S finetune.epochs=2 -S finetune.learning_rate=0.0003 \
 	-S pruning.num_batches=8 -S bench.repeats=10
 
