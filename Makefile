@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo ui clean-demo
+.PHONY: install test test-fast demo real ui clean-demo
 
 $(BIN)/nerdistill: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,27 @@ $(DEMO_TEACHER): | install
 demo: install $(DEMO_TEACHER)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp run $(DEMO_OVERRIDES)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc metrics show
+
+# Real French data with the real pretrained stand-in teacher (docs/results.md): neither is
+# shipped, so this target checks for both and runs in a scratch clone, leaving the sample corpus alone.
+REAL_CONLLU ?= ../shared/data/wikineural-fr-val.conllu
+REAL_TEACHER ?= /tmp/real_teacher
+REAL_RUN ?= /tmp/nerdistill-real
+REAL_OVERRIDES := -S teacher.model_name=$(REAL_TEACHER) \
+	-S 'student.num_layers=4' -S 'student.teacher_layers=[1,2,4,6]' \
+	-S 'distill.layer_map.teacher=[2,4,6]' -S 'distill.layer_map.student=[2,3,4]' \
+	-S distill.epochs=2 -S distill.batch_size=32 -S distill.learning_rate=0.0001 \
+	-S finetune.epochs=1 -S finetune.batch_size=32 -S finetune.learning_rate=0.0001 \
+	-S pruning.num_batches=8 -S bench.repeats=10 -S evaluate.gold_path=$(REAL_RUN)-data/gold_test.conll
+
+real: install
+	@test -f $(REAL_CONLLU) || { echo "$(REAL_CONLLU) not found (not shipped; see docs/results.md)"; exit 1; }
+	@test -d $(REAL_TEACHER) || { echo "$(REAL_TEACHER) missing: build it first (docs/results.md, step 1)"; exit 1; }
+	$(BIN)/python scripts/real_data.py $(REAL_CONLLU) $(REAL_RUN)-data --max-sentences 10000 --corpus-sentences 2000
+	rm -rf $(REAL_RUN) && git clone -q . $(REAL_RUN) && ln -s $(abspath $(VENV)) $(REAL_RUN)/.venv
+	cp $(REAL_RUN)-data/corpus.txt $(REAL_RUN)/data/raw/corpus.txt
+	cd $(REAL_RUN) && PATH=$(abspath $(BIN)):$$PATH $(abspath $(BIN))/dvc exp run $(REAL_OVERRIDES)
+	cd $(REAL_RUN) && $(abspath $(BIN))/dvc metrics show
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
