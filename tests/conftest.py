@@ -69,3 +69,12 @@ def annotated_dir(tmp_path_factory: pytest.TempPathFactory, corpus_path: Path, d
     params = params_from_dict({"teacher": {"model_name": str(demo_teacher_dir), "batch_size": 16}})
     annotate.run(params, corpus=work / "corpus.txt", out_dir=work / "data")
     return work / "data"
+
+
+@pytest.fixture
+def mlflow_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working folder with its own MLflow store, outside any DVC experiment."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return tmp_path

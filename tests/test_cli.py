@@ -7,14 +7,6 @@ import yaml
 from nerdistill.cli import main
 
 
-@pytest.fixture
-def workdir(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    return tmp_path
-
-
 def test_help_lists_every_stage(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -24,42 +16,42 @@ def test_help_lists_every_stage(capsys):
         assert command in out
 
 
-def test_bad_params_exit_2_naming_the_key(workdir, caplog):
-    (workdir / "params.yaml").write_text(yaml.safe_dump({"pruning": {"ratio": 1.5}}))
+def test_bad_params_exit_2_naming_the_key(mlflow_workdir, caplog):
+    (mlflow_workdir / "params.yaml").write_text(yaml.safe_dump({"pruning": {"ratio": 1.5}}))
     code = main(["gate", "--eval", "e.json", "--bench", "b.json", "--out", "g.json"])
     assert code == 2
     assert "pruning.ratio" in caplog.text
 
 
-def test_missing_model_folder_exits_2(workdir, caplog):
-    code = main(["predict", "--model", str(workdir / "no_model"), "--input", "-", "--output", "-"])
+def test_missing_model_folder_exits_2(mlflow_workdir, caplog):
+    code = main(["predict", "--model", str(mlflow_workdir / "no_model"), "--input", "-", "--output", "-"])
     assert code == 2
     assert "no_model" in caplog.text
 
 
-def test_unknown_teacher_exits_2_and_says_how_to_fix(workdir, caplog, monkeypatch):
+def test_unknown_teacher_exits_2_and_says_how_to_fix(mlflow_workdir, caplog, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    (workdir / "params.yaml").write_text(yaml.safe_dump({"teacher": {"model_name": "nobody/no-such-model"}}))
-    (workdir / "corpus.txt").write_text("Marie habite à Lyon.\nPaul travaille chez Renault.\nIl pleut.\n")
+    (mlflow_workdir / "params.yaml").write_text(yaml.safe_dump({"teacher": {"model_name": "nobody/no-such-model"}}))
+    (mlflow_workdir / "corpus.txt").write_text("Marie habite à Lyon.\nPaul travaille chez Renault.\nIl pleut.\n")
     code = main(["annotate", "--corpus", "corpus.txt", "--out", "annotated", "--metrics", "m.json"])
     assert code == 2
     assert "teacher.model_name" in caplog.text and "local folder" in caplog.text
 
 
-def _gate_inputs(workdir, latency):
-    (workdir / "eval.json").write_text(json.dumps(
+def _gate_inputs(mlflow_workdir, latency):
+    (mlflow_workdir / "eval.json").write_text(json.dumps(
         {"agreement": {"teacher": {"f1": 1.0}, "final": {"f1": 0.99}},
          "f1_drop_points": {"agreement": {"final": 1.0}}}))
-    (workdir / "bench.json").write_text(json.dumps(
+    (mlflow_workdir / "bench.json").write_text(json.dumps(
         {"final": "final", "doc_tokens": 350, "threads": 2,
          "models": {"final": {"variants": {"cpu_fp32": {"doc_p50_ms": latency, "peak_rss_mb": 500.0}}}}}))
 
 
 @pytest.mark.parametrize(("fail_on_nogo", "latency", "code", "decision"), [
     (False, 400.0, 0, "NO-GO"), (True, 400.0, 1, "NO-GO"), (True, 100.0, 0, "GO")])
-def test_gate_exit_code_follows_fail_on_nogo(workdir, capsys, fail_on_nogo, latency, code, decision):
-    (workdir / "params.yaml").write_text(yaml.safe_dump({"gate": {"fail_on_nogo": fail_on_nogo}}))
-    _gate_inputs(workdir, latency)
+def test_gate_exit_code_follows_fail_on_nogo(mlflow_workdir, capsys, fail_on_nogo, latency, code, decision):
+    (mlflow_workdir / "params.yaml").write_text(yaml.safe_dump({"gate": {"fail_on_nogo": fail_on_nogo}}))
+    _gate_inputs(mlflow_workdir, latency)
     assert main(["gate", "--eval", "eval.json", "--bench", "bench.json", "--out", "gate.json"]) == code
-    assert json.loads((workdir / "gate.json").read_text())["decision"] == decision
+    assert json.loads((mlflow_workdir / "gate.json").read_text())["decision"] == decision
     assert capsys.readouterr().out.startswith(decision)

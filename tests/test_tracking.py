@@ -8,23 +8,15 @@ from nerdistill import tracking
 from nerdistill.params import params_from_dict
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    return tmp_path
-
-
 def _runs(filter_string=""):
     experiment = mlflow.MlflowClient().get_experiment_by_name(tracking.EXPERIMENT)
     return mlflow.search_runs([experiment.experiment_id], filter_string=filter_string, output_format="list")
 
 
-def test_stages_of_one_execution_share_a_parent(store):
+def test_stages_of_one_execution_share_a_parent(mlflow_workdir):
     params = params_from_dict({})
     with tracking.stage_run("annotate", params, ("annotate",)) as run:
-        run.write_metrics(store / "metrics" / "annotate.json", {"phrases": {"total": 10}, "note": "text"})
+        run.write_metrics(mlflow_workdir / "metrics" / "annotate.json", {"phrases": {"total": 10}, "note": "text"})
     with tracking.stage_run("distill", params, ("distill",)) as run:
         tracking.log_metrics({"loss": 1.5}, step=3)
     runs = _runs()
@@ -36,17 +28,17 @@ def test_stages_of_one_execution_share_a_parent(store):
     annotate = next(r for r in children if r.data.tags["stage"] == "annotate")
     assert annotate.data.metrics["phrases.total"] == 10
     assert "pruning.ratio" not in annotate.data.params and "annotate.drop_types" in annotate.data.params
-    assert json.loads((store / "metrics" / "annotate.json").read_text())["note"] == "text"
+    assert json.loads((mlflow_workdir / "metrics" / "annotate.json").read_text())["note"] == "text"
 
 
-def test_changed_params_or_experiment_name_open_a_new_parent(store, monkeypatch):
+def test_changed_params_or_experiment_name_open_a_new_parent(mlflow_workdir, monkeypatch):
     with tracking.stage_run("gate", params_from_dict({}), ()) as run:
         run.set_parent_tag("gate", "GO")
     with tracking.stage_run("gate", params_from_dict({"pruning": {"ratio": 0.5}}), ()):
         pass
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
     with tracking.stage_run("gate", params_from_dict({}), ()) as run:
-        run.write_metrics(store / "gate.json", {"passed": True}, to_parent=True)
+        run.write_metrics(mlflow_workdir / "gate.json", {"passed": True}, to_parent=True)
     parents = [r for r in _runs() if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 3
     named = next(r for r in parents if r.data.tags.get("dvc_exp_name") == "tiny-exp")
@@ -54,7 +46,7 @@ def test_changed_params_or_experiment_name_open_a_new_parent(store, monkeypatch)
     assert any(r.data.tags.get("gate") == "GO" for r in parents)
 
 
-def test_log_metrics_outside_a_run_is_a_no_op(store):
+def test_log_metrics_outside_a_run_is_a_no_op(mlflow_workdir):
     tracking.log_metrics({"loss": 1.0})
     assert mlflow.active_run() is None
 
