@@ -2,7 +2,6 @@
 import json
 
 import mlflow
-import pytest
 
 from nerdistill import tracking
 from nerdistill.params import params_from_dict
