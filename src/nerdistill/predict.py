@@ -216,17 +216,19 @@ class NerTagger:
         return [_entities(text, line, tags, scores) for text, line, (tags, scores) in zip(texts, words, tagged)]
 
     def tag_words(self, sentences: Sequence[Sequence[str]], batch_size: int | None = None,
-                  drop_types: Iterable[str] | None = None) -> list[list[str]]:
-        """IOB2 tags of pre-split words, one list per sentence; `drop_types` overrides the tagger's."""
+                  drop_types: Iterable[str] | None = None, progress: str | None = None) -> list[list[str]]:
+        """IOB2 tags of pre-split words, one list per sentence; `drop_types` overrides the tagger's;
+        `progress` names a progress bar over the batches (none when unset)."""
         dropped = self.drop_types if drop_types is None else tuple(drop_types)
-        return [tags for tags, _ in self._tag(sentences, batch_size, dropped)]
+        return [tags for tags, _ in self._tag(sentences, batch_size, dropped, progress)]
 
     @torch.inference_mode()
     def _tag(self, sentences: Sequence[Sequence[str]], batch_size: int | None,
-             dropped: tuple[str, ...]) -> list[tuple[list[str], list[float]]]:
+             dropped: tuple[str, ...], progress: str | None = None) -> list[tuple[list[str], list[float]]]:
         tags: list[list[str]] = [[""] * len(words) for words in sentences]
         scores: list[list[float]] = [[0.0] * len(words) for words in sentences]
-        for line, window, (labels, probs) in self._windows_tagged(sentences, batch_size or self.batch_size):
+        tagged = self._windows_tagged(sentences, batch_size or self.batch_size, progress)
+        for line, window, (labels, probs) in tagged:
             for word, mine, label, prob in zip(window.word_ids, window.owned, labels, probs):
                 if mine:
                     tags[line][word], scores[line][word] = label, prob
@@ -235,13 +237,13 @@ class NerTagger:
         return [(drop_entity_types(iob1_to_iob2(line), dropped), line_scores)
                 for line, line_scores in zip(tags, scores)]
 
-    def _windows_tagged(self, sentences: Sequence[Sequence[str]], batch_size: int
+    def _windows_tagged(self, sentences: Sequence[Sequence[str]], batch_size: int, progress: str | None = None
                         ) -> Iterator[tuple[int, Window, tuple[list[str], list[float]]]]:
         """(line, window, backend output) for every window, run in batches of similar length."""
         flat = [(line, window) for line, words in enumerate(sentences) for window in self.words.windows(words)]
         # Similar lengths together: far less padding, so far less wasted compute.
         flat.sort(key=lambda item: len(item[1].input_ids))
-        for begin in range(0, len(flat), batch_size):
+        for begin in tqdm(range(0, len(flat), batch_size), desc=progress, unit="batch", disable=progress is None):
             chunk = flat[begin:begin + batch_size]
             batch = self.collator([{"input_ids": w.input_ids, "word_index": w.word_index} for _, w in chunk])
             for (line, window), output in zip(chunk, self.backend.predict(batch)):

@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
-from nerdistill.data import NerCollator, Phrase, Window, WordTokenizer, read_corpus
+from nerdistill.data import Phrase, read_corpus
 from nerdistill.io import InputError, write_json, write_jsonl
 from nerdistill.labels import ordered_labels, student_labels, transition_prior
-from nerdistill.modeling import load_teacher, teacher_forward
+from nerdistill.modeling import load_teacher
+from nerdistill.predict import NerTagger, TeacherBackend
 from nerdistill.params import Params, SplitRatios
-from nerdistill.text import Word, drop_types, entity_spans, io_to_iob2, is_valid_iob2, split_words
+from nerdistill.text import Word, entity_spans, is_valid_iob2, split_words
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,12 @@ def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
     phrases, words, no_words = _split_phrases(raw.phrases)
     # A teacher may accept fewer positions than teacher.max_length asks for (tokenizer_config's
     # model_max_length says how many); exceeding them would crash its position embeddings.
-    word_tokenizer = WordTokenizer(tokenizer, min(params.teacher.max_length, tokenizer.model_max_length),
-                                   params.teacher.stride)
-    windows = [word_tokenizer.windows([w.text for w in phrase_words]) for phrase_words in words]
-    teacher_tags = _tag(teacher, NerCollator(tokenizer.pad_token_id), windows, params.teacher.batch_size, device)
-    records = [_record(phrase, phrase_words, tags, settings.drop_types, labels)
+    tagger = NerTagger(TeacherBackend(teacher, torch.device(device)), tokenizer,
+                       min(params.teacher.max_length, tokenizer.model_max_length), params.teacher.stride,
+                       drop_types=settings.drop_types, batch_size=params.teacher.batch_size)
+    word_texts = [[w.text for w in phrase_words] for phrase_words in words]
+    teacher_tags = tagger.tag_words(word_texts, progress="annotate")
+    records = [_record(phrase, phrase_words, tags, labels)
                for phrase, phrase_words, tags in zip(phrases, words, teacher_tags)]
 
     splits = split_indices(len(records), settings.split, params.base.seed, corpus)
@@ -56,7 +57,8 @@ def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
                transition_prior((records[i]["ner_tags"] for i in splits["train"]), labels))
     skipped = {"blank_lines": raw.blank_lines, "no_words": no_words, "too_long": len(raw.too_long),
                "too_long_fraction": raw.skipped_fraction}
-    return _metrics(records, splits, skipped, sum(len(w) > 1 for w in windows))
+    windowed = sum(len(tagger.words.windows(line)) > 1 for line in word_texts)
+    return _metrics(records, splits, skipped, windowed)
 
 
 def _split_phrases(phrases: list[Phrase]) -> tuple[list[Phrase], list[list[Word]], int]:
@@ -84,31 +86,7 @@ def _check_skipped(corpus: Path, too_long: list[int], fraction: float, max_chars
                          "split those documents into phrases or raise annotate.max_line_chars")
 
 
-@torch.inference_mode()
-def _tag(teacher: torch.nn.Module, collator: NerCollator, windows: list[list[Window]], batch_size: int,
-         device: str) -> list[list[str]]:
-    """Teacher label of each word (first sub-token), stitched from each word's owning window."""
-    id2label = {int(i): label for i, label in teacher.config.id2label.items()}
-    tags: list[list[str | None]] = [[None] * sum(w.owned.count(True) for w in line) for line in windows]
-    flat = [(line, window) for line, line_windows in enumerate(windows) for window in line_windows]
-    # Similar lengths together: far less padding, so far less wasted compute.
-    flat.sort(key=lambda item: len(item[1].input_ids))
-    for start in tqdm(range(0, len(flat), batch_size), desc="annotate", unit="batch"):
-        chunk = flat[start:start + batch_size]
-        batch = collator([{"input_ids": w.input_ids, "word_index": w.word_index} for _, w in chunk])
-        batch = {key: value.to(device) for key, value in batch.items()}
-        logits, _ = teacher_forward(teacher, batch, output_hidden_states=False)  # (B, W, Lt)
-        predicted = logits.argmax(-1).tolist()  # (B, W)
-        for (line, window), row in zip(chunk, predicted):
-            for word, label_id, mine in zip(window.word_ids, row, window.owned):
-                if mine:
-                    tags[line][word] = id2label[label_id]
-    return tags
-
-
-def _record(phrase: Phrase, words: list[Word], teacher_tags: list[str], dropped: tuple[str, ...],
-            labels: list[str]) -> dict[str, Any]:
-    tags = drop_types(io_to_iob2(teacher_tags), dropped)
+def _record(phrase: Phrase, words: list[Word], tags: list[str], labels: list[str]) -> dict[str, Any]:
     if not is_valid_iob2(tags) or not set(tags) <= set(labels):
         raise ValueError(f"phrase {phrase.id} (line {phrase.line_no}): tags {tags} are not valid IOB2 over {labels}")
     return {"id": phrase.id, "text": phrase.text, "tokens": [w.text for w in words],
