@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from nerdistill.io import InputError, read_json, read_jsonl
+from nerdistill.io import InputError, read_json, read_jsonl, utf8_lines
 from nerdistill.text import is_valid_iob2
 
 log = logging.getLogger(__name__)
@@ -277,14 +277,8 @@ def read_corpus(path: str | Path, max_line_chars: int) -> Corpus:
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str, str]]:
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(f"{path}:{line_no}: not valid UTF-8 (byte {err.start} of the line); re-encode the "
-                                 f"file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name}`") from err
-            yield line_no, str(line_no), line.removeprefix("\ufeff") if line_no == 1 else line
+    for line_no, line in utf8_lines(path):
+        yield line_no, str(line_no), line
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str, str]]:

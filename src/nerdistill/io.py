@@ -112,22 +112,30 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, object) for each non-blank line; malformed lines raise with file:line."""
+def utf8_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) lazily; a byte that is not UTF-8 raises with file:line and the fix.
+    A byte-order mark at the start of the file is dropped."""
     path = Path(path)
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise InputError(f"{path}:{line_no}: not valid UTF-8 (byte {err.start}); "
-                                 "re-encode the file as UTF-8") from err
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from err
-            if not isinstance(obj, dict):
-                raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
-            yield line_no, obj
+                raise InputError(f"{path}:{line_no}: not valid UTF-8 (byte {err.start} of the line); re-encode the "
+                                 f"file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name}`") from err
+            yield line_no, line.removeprefix("\ufeff") if line_no == 1 else line
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line; malformed lines raise with file:line."""
+    path = Path(path)
+    for line_no, line in utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{line_no}: malformed JSON ({err.msg} at column {err.colno})") from err
+        if not isinstance(obj, dict):
+            raise InputError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+        yield line_no, obj
