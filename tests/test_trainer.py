@@ -124,3 +124,21 @@ def test_six_layer_teacher_distils_into_four_layers(teacher6_dir, annotated_dir,
     best, result = training.fit(student, teacher, data, params, training.distill_config(params),
                                 lambda e: (1.0, 1.0, 0.2, 0.2), tmp_path / "ckpt", resume=False)
     assert result.epochs_run == 1 and math.isfinite(result.history[0]["hidden"])
+
+
+def test_same_seed_same_student(random_teacher_dir, annotated_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from nerdistill.stages import distill
+
+    params = params_from_dict({**TINY, "teacher": {**TINY["teacher"], "model_name": str(random_teacher_dir)},
+                               "distill": {**TINY["distill"], "epochs": 1, "max_steps": 3}})
+    weights = []
+    for run in ("a", "b"):
+        distill.run(params, data_dir=annotated_dir, out_dir=tmp_path / run, history_csv=tmp_path / f"{run}.csv",
+                    components_csv=tmp_path / f"{run}c.csv", plot_png=tmp_path / f"{run}.png",
+                    checkpoint_dir=tmp_path / f"ckpt{run}")
+        weights.append(load_file(tmp_path / run / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()

@@ -5,6 +5,8 @@ import logging
 from functools import partial
 from pathlib import Path
 
+from transformers import set_seed
+
 from nerdistill import training
 from nerdistill.losses import phase_weights
 from nerdistill.modeling import build_student, init_transitions, load_teacher
@@ -15,6 +17,8 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, components_csv: Path,
         plot_png: Path, checkpoint_dir: Path, resume: bool = False) -> dict:
+    # The emissions layer and the CRF are initialised before Trainer seeds anything.
+    set_seed(params.base.seed)
     teacher, tokenizer = load_teacher(params.teacher.model_name)
     data = training.load_training_data(data_dir, tokenizer, params.student.max_length, params.teacher.stride)
     student = build_student(
