@@ -26,8 +26,8 @@ from torchcrf import CRF
 
 from nerdistill import labels
 from nerdistill.modeling import CrfStudent, StudentOutput
+from nerdistill.params import Weights  # (ce, kd, hidden, crf)
 
-Weights = tuple[float, float, float, float]  # (ce, kd, hidden, crf)
 
 # Probabilities are clamped before the log: the shared-space sums are exact zeros only
 # when the model is certain, and log(0) would turn a finite KL into NaN gradients.

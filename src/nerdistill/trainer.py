@@ -24,11 +24,11 @@ from nerdistill import tracking
 from nerdistill.losses import DistillContext, distillation_loss
 from nerdistill.metrics import entity_scores
 from nerdistill.modeling import CrfStudent, teacher_forward
+from nerdistill.params import Weights
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("ce", "kd", "hidden", "crf")
-Weights = tuple[float, float, float, float]
 
 
 class TrainingDivergedError(RuntimeError):

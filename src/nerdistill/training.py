@@ -15,9 +15,8 @@ from nerdistill.io import atomic_dir, read_json, write_csv
 from nerdistill.labels import entity_types
 from nerdistill.losses import DistillContext
 from nerdistill.modeling import CrfStudent
-from nerdistill.params import Params
-from nerdistill.plots import plot_training
-from nerdistill.trainer import COMPONENTS, TrainConfig, TrainResult, Weights, train_student
+from nerdistill.params import Params, Weights
+from nerdistill.trainer import COMPONENTS, TrainConfig, TrainResult, train_student
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +97,6 @@ def write_history(rows: list[dict[str, float]], path: Path, pruning_ratio: float
 def write_components(rows: list[dict[str, float]], path: Path) -> None:
     write_csv(path, ("epoch", *COMPONENTS, "total"),
               ([row["epoch"], *(row[name] for name in COMPONENTS), row["train_loss"]] for row in rows))
-
-
-def plot(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    plot_training(rows, path, title)
 
 
 def summary(result: TrainResult) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from nerdistill import training
 from nerdistill.losses import phase_weights
 from nerdistill.modeling import build_student, init_transitions, load_teacher
 from nerdistill.params import Params
+from nerdistill.plots import plot_training
 
 log = logging.getLogger(__name__)
 
@@ -33,5 +34,5 @@ def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, compon
     training.save_student(best, tokenizer, out_dir)
     training.write_history(result.history, history_csv, pruning_ratio=0.0)
     training.write_components(result.history, components_csv)
-    training.plot(result.history, plot_png, f"distill: {params.student.num_layers}-layer student")
+    plot_training(result.history, plot_png, f"distill: {params.student.num_layers}-layer student")
     return training.summary(result)

@@ -7,6 +7,7 @@ from pathlib import Path
 from nerdistill import training
 from nerdistill.modeling import CrfStudent, load_teacher
 from nerdistill.params import Params
+from nerdistill.plots import plot_training
 
 log = logging.getLogger(__name__)
 
@@ -21,5 +22,5 @@ def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, history_
                                 lambda epoch: weights, checkpoint_dir, resume)
     training.save_student(best, tokenizer, out_dir)
     training.write_history(result.history, history_csv, pruning_ratio=params.pruning.ratio)
-    training.plot(result.history, plot_png, f"finetune after pruning {params.pruning.ratio:.0%} of heads")
+    plot_training(result.history, plot_png, f"finetune after pruning {params.pruning.ratio:.0%} of heads")
     return training.summary(result)
