@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader
 
 from nerdistill import pruning, training
 from nerdistill.io import atomic_dir, write_json
-from nerdistill.losses import DistillContext, Weights, distillation_loss
+from nerdistill.losses import DistillContext, distillation_loss
 from nerdistill.metrics import entity_scores
 from nerdistill.modeling import CrfStudent, load_teacher, teacher_forward
-from nerdistill.params import Params
+from nerdistill.params import Params, Weights
 
 log = logging.getLogger(__name__)
 
