@@ -55,3 +55,16 @@ def test_gate_exit_code_follows_fail_on_nogo(mlflow_workdir, capsys, fail_on_nog
     assert main(["gate", "--eval", "eval.json", "--bench", "bench.json", "--out", "gate.json"]) == code
     assert json.loads((mlflow_workdir / "gate.json").read_text())["decision"] == decision
     assert capsys.readouterr().out.startswith(decision)
+
+
+def test_stage_run_logs_exactly_the_params_dvc_yaml_declares(mlflow_workdir):
+    import mlflow
+
+    (mlflow_workdir / "params.yaml").write_text(yaml.safe_dump({"gate": {"max_memory_mb": 1000}}))
+    (mlflow_workdir / "dvc.yaml").write_text(yaml.safe_dump(
+        {"stages": {"gate": {"cmd": "nerdistill gate", "params": ["gate.max_memory_mb", "base"]}}}))
+    _gate_inputs(mlflow_workdir, 100.0)
+    main(["gate", "--eval", "eval.json", "--bench", "bench.json", "--out", "gate.json"])
+    runs = mlflow.search_runs(experiment_names=["nerdistill"], filter_string="tags.stage = 'gate'",
+                              output_format="list")
+    assert set(runs[0].data.params) == {"gate.max_memory_mb", "base.seed"}

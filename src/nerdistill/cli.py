@@ -12,21 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from nerdistill.io import InputError
-from nerdistill.params import Params, ParamsError, load_params
+from nerdistill import tracking
+from nerdistill.io import InputError, read_json
+from nerdistill.params import Params, ParamsError, load_params, stage_param_keys
 
 log = logging.getLogger("nerdistill")
-
-# The params sections each stage reads; logged on its MLflow run (dvc.yaml lists the same keys).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "annotate": ("base", "teacher", "annotate"),
-    "distill": ("base", "teacher", "student", "distill"),
-    "prune": ("base", "teacher", "student", "distill", "pruning", "finetune"),
-    "finetune": ("base", "teacher", "student", "distill", "pruning", "finetune"),
-    "evaluate": ("teacher", "evaluate"),
-    "bench": ("base", "teacher", "bench"),
-    "gate": ("gate",),
-}
 
 
 def _model_pairs(values: list[str]) -> dict[str, str]:
@@ -43,11 +33,19 @@ def _stage(name: str) -> Any:
     return importlib.import_module(f"nerdistill.stages.{name}")
 
 
-def _tracked(stage: str, params: Params, metrics_path: Path, call: Callable[[], dict],
-             artifacts: tuple[Path, ...] = (), to_parent: bool = False) -> dict:
-    from nerdistill import tracking
+def _declared_keys(args: argparse.Namespace, stage: str) -> tuple[str, ...] | None:
+    """The params keys dvc.yaml (beside the params file) declares for `stage`: what its MLflow run
+    logs. Run by hand outside a DVC repository, the stage logs them all."""
+    dvc_yaml = args.params.parent / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        log.warning("%s not found: logging every param on the %s run", dvc_yaml, stage)
+        return None
+    return stage_param_keys(dvc_yaml, stage)
 
-    with tracking.stage_run(stage, params, STAGE_SECTIONS[stage]) as run:
+
+def _tracked(args: argparse.Namespace, stage: str, params: Params, metrics_path: Path, call: Callable[[], dict],
+             artifacts: tuple[Path, ...] = (), to_parent: bool = False) -> dict:
+    with tracking.stage_run(stage, params, _declared_keys(args, stage)) as run:
         metrics = call()
         run.write_metrics(metrics_path, metrics, to_parent=to_parent)
         for artifact in artifacts:
@@ -59,7 +57,7 @@ def _tracked(stage: str, params: Params, metrics_path: Path, call: Callable[[], 
 
 def cmd_annotate(args: argparse.Namespace, params: Params) -> int:
     run = lambda: _stage("annotate").run(params, corpus=args.corpus, out_dir=args.out)
-    _tracked("annotate", params, args.metrics, run,
+    _tracked(args, "annotate", params, args.metrics, run,
              artifacts=(args.out / "label2id.json", args.out / "transitions.json"))
     return 0
 
@@ -69,7 +67,7 @@ def cmd_distill(args: argparse.Namespace, params: Params) -> int:
         params, data_dir=args.data, out_dir=args.out, history_csv=args.history,
         components_csv=args.components, plot_png=args.plot, checkpoint_dir=args.checkpoints,
         resume=args.resume)
-    _tracked("distill", params, args.metrics, run, artifacts=(args.history, args.components, args.plot))
+    _tracked(args, "distill", params, args.metrics, run, artifacts=(args.history, args.components, args.plot))
     return 0
 
 
@@ -77,7 +75,7 @@ def cmd_prune(args: argparse.Namespace, params: Params) -> int:
     run = lambda: _stage("prune").run(
         params, model_dir=args.model, data_dir=args.data, out_dir=args.out,
         importance_json=args.importance, heatmap_png=args.heatmap)
-    _tracked("prune", params, args.metrics, run,
+    _tracked(args, "prune", params, args.metrics, run,
              artifacts=(args.importance, args.heatmap, args.out / "heads_pruned.json"))
     return 0
 
@@ -86,7 +84,7 @@ def cmd_finetune(args: argparse.Namespace, params: Params) -> int:
     run = lambda: _stage("finetune").run(
         params, model_dir=args.model, data_dir=args.data, out_dir=args.out, history_csv=args.history,
         plot_png=args.plot, checkpoint_dir=args.checkpoints, resume=args.resume)
-    _tracked("finetune", params, args.metrics, run, artifacts=(args.history, args.plot, args.out))
+    _tracked(args, "finetune", params, args.metrics, run, artifacts=(args.history, args.plot, args.out))
     return 0
 
 
@@ -95,7 +93,7 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> int:
     run = lambda: _stage("evaluate").run(
         params, data_dir=args.data, models=models, per_class_csv=args.per_class,
         confusion_png=args.confusion, errors_path=args.errors)
-    _tracked("evaluate", params, args.metrics, run,
+    _tracked(args, "evaluate", params, args.metrics, run,
              artifacts=(args.per_class, args.confusion, args.errors), to_parent=True)
     return 0
 
@@ -103,16 +101,14 @@ def cmd_evaluate(args: argparse.Namespace, params: Params) -> int:
 def cmd_bench(args: argparse.Namespace, params: Params) -> int:
     models = {"teacher": params.teacher.model_name, **_model_pairs(args.model)}
     run = lambda: _stage("bench").run(params, data_dir=args.data, models=models, latency_png=args.plot)
-    _tracked("bench", params, args.metrics, run, artifacts=(args.plot,), to_parent=True)
+    _tracked(args, "bench", params, args.metrics, run, artifacts=(args.plot,), to_parent=True)
     return 0
 
 
 def cmd_gate(args: argparse.Namespace, params: Params) -> int:
-    from nerdistill.io import read_json
-
     gate = _stage("gate")
     eval_metrics, bench_metrics = read_json(args.eval), read_json(args.bench)
-    result = _tracked("gate", params, args.out, lambda: gate.run(params, eval_metrics, bench_metrics),
+    result = _tracked(args, "gate", params, args.out, lambda: gate.run(params, eval_metrics, bench_metrics),
                       to_parent=True)
     print(gate.summary(result))
     return gate.exit_code(result, params)

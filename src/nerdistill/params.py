@@ -257,6 +257,12 @@ class Params:
         """`section.key` -> value, the form MLflow params and `dvc exp run -S` use."""
         return dict(_flatten(self.as_dict()))
 
+    def select(self, keys: typing.Iterable[str]) -> dict[str, Any]:
+        """The flat params under `keys`, each a section (`teacher`) or a dotted key (`base.seed`)."""
+        prefixes = tuple(keys)
+        return {name: value for name, value in self.flat().items()
+                if any(name == key or name.startswith(f"{key}.") for key in prefixes)}
+
 
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
@@ -272,6 +278,28 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except ParamsError as err:
         raise ParamsError(f"{path}: {err}") from None
     return params
+
+
+def stage_param_keys(dvc_yaml: str | Path, stage: str) -> tuple[str, ...]:
+    """The params.yaml keys `stage` declares in dvc.yaml: the one list of what a stage reads."""
+    dvc_yaml = Path(dvc_yaml)
+    try:
+        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
+        entries = stages[stage].get("params", [])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
+        raise ParamsError(f"{dvc_yaml}: cannot read the params of stage {stage!r} ({err!r}); run from the "
+                          "repository root, where dvc.yaml declares every stage") from err
+    keys: list[str] = []
+    for entry in entries:
+        # `- key` reads params.yaml; `- params.yaml: [keys]` names the file explicitly.
+        if isinstance(entry, str):
+            keys.append(entry)
+        elif isinstance(entry, dict) and set(entry) <= {"params.yaml"}:
+            keys.extend(key for listed in entry.values() for key in (listed or []))
+        else:
+            raise ParamsError(f"{dvc_yaml}: stage {stage!r} declares params {entry!r}; nerdistill reads "
+                              "params.yaml only, so list its keys (e.g. - distill.temperature)")
+    return tuple(keys)
 
 
 def params_from_dict(raw: dict[str, Any]) -> Params:

@@ -3,29 +3,43 @@
 Every stage is its own process (DVC runs them one by one), so a pipeline execution is tied
 together by a key: the DVC experiment name when `dvc exp run` sets DVC_EXP_NAME, else the git
 commit plus a hash of the params. The first stage of an execution creates the parent run with
-that key as a tag; later stages find it and open their nested run under it explicitly.
+that key as a tag; later stages find it and open their nested run under it explicitly. The
+parent spans the execution: each stage marks it running when it starts, then finished (or
+failed) with its own end time, so the last stage leaves the parent's true duration and outcome.
+
+Several executions may share a store (`dvc queue start -j N`): every write to a parent run
+happens under one file lock per store, so two processes never create two parents for one key
+nor race on the same tag.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import subprocess
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
+
+import yaml
 
 from nerdistill.io import write_json
-from nerdistill.params import Params
+from nerdistill.params import Params, ParamsError, params_from_dict
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "nerdistill"
 DEFAULT_URI = "sqlite:///mlflow.db"
 KEY_TAG = "nerdistill.pipeline_key"
+# MLflow 3 opens an experiment on its GenAI overview unless it is tagged as model training.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+MAX_NAMED_CHANGES = 4  # params that differ from the shipped ones, spelled out in a run name
 
 # Telemetry off unless the user turned it on explicitly.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -35,12 +49,42 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        out = subprocess.run(["git", *args], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return "nogit"
+        return None
     return out.stdout.strip()
+
+
+def git_commit() -> str:
+    return _git("rev-parse", "HEAD") or "nogit"
+
+
+def shipped_changes(params: Params) -> dict[str, Any]:
+    """The params that differ from params.yaml as committed at HEAD (empty outside git)."""
+    committed = _git("show", "HEAD:params.yaml")
+    if committed is None:
+        return {}
+    try:
+        shipped = params_from_dict(yaml.safe_load(committed) or {}).flat()
+    except (yaml.YAMLError, ParamsError):
+        return {}
+    return {key: value for key, value in params.flat().items() if shipped.get(key) != value}
+
+
+def run_name(params: Params) -> str:
+    """What a reviewer reads in the runs table: the DVC experiment name, else branch@commit and
+    the params that differ from the shipped ones (`main@32369e5 pruning.ratio=0.5`)."""
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        return exp_name
+    branch = _git("rev-parse", "--abbrev-ref", "HEAD") or "nogit"
+    name = f"{branch}@{git_commit()[:7]}"
+    changes = [f"{key}={value}" for key, value in sorted(shipped_changes(params).items())]
+    if len(changes) > MAX_NAMED_CHANGES:
+        changes = changes[:MAX_NAMED_CHANGES] + [f"+{len(changes) - MAX_NAMED_CHANGES} more"]
+    return " ".join([name, *changes]) if changes else f"{name} (shipped params)"
 
 
 def params_hash(params: Params) -> str:
@@ -96,7 +140,8 @@ class StageRun:
         flat = flatten_metrics(metrics)
         mlflow.log_metrics(flat, run_id=self.run_id)
         if to_parent:
-            mlflow.log_metrics({f"{self.stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
+            with parent_lock():
+                mlflow.log_metrics({f"{self.stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
         mlflow.log_artifact(str(path), run_id=self.run_id)
 
     def log_artifact(self, path: str | Path) -> None:
@@ -113,53 +158,97 @@ class StageRun:
     def set_parent_tag(self, key: str, value: str) -> None:
         import mlflow
 
-        mlflow.MlflowClient().set_tag(self.parent_id, key, value)
+        with parent_lock():
+            mlflow.MlflowClient().set_tag(self.parent_id, key, value)
+
+
+def _sqlite_file() -> Path | None:
+    uri = tracking_uri()
+    return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+
+
+@contextlib.contextmanager
+def parent_lock() -> Iterator[None]:
+    """Exclusive lock over parent-run writes for this store: beside a SQLite file, else (a server)
+    in the temp folder, which serialises the processes of one machine, as `dvc queue` runs them."""
+    store = _sqlite_file()
+    if store is not None:
+        path = store.with_name(store.name + ".lock")
+    else:
+        digest = hashlib.sha256(tracking_uri().encode()).hexdigest()[:16]
+        path = Path(tempfile.gettempdir()) / f"nerdistill-mlflow-{digest}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _experiment_id(client: Any) -> str:
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    artifacts = None
-    if tracking_uri().startswith("sqlite:"):
-        # Keep artifacts beside the SQLite store instead of MLflow's cwd-relative default.
-        artifacts = (Path.cwd() / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    if experiment is None:
+        store = _sqlite_file()
+        # Artifacts beside the SQLite store, not in MLflow's cwd-relative default: a `dvc exp run
+        # --temp` stage runs in a scratch folder that is deleted afterwards.
+        artifacts = (store.parent / "mlartifacts").as_uri() if store is not None else None
+        return client.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=EXPERIMENT_KIND)
+    if any(experiment.tags.get(key) != value for key, value in EXPERIMENT_KIND.items()):
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
 
 
 def find_or_create_parent(params: Params) -> tuple[str, str]:
-    """(experiment id, parent run id) for this pipeline execution."""
+    """(experiment id, parent run id) for this pipeline execution; call under parent_lock()."""
     import mlflow
+    from mlflow.entities import Param
 
     client = mlflow.MlflowClient()
     experiment_id = _experiment_id(client)
     key = pipeline_key(params)
     found = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
-                               order_by=["attributes.start_time DESC"], max_results=1)
+                               order_by=["attributes.start_time ASC"], max_results=1)
     if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
         return experiment_id, found[0].info.run_id
     tags = {KEY_TAG: key, "git_commit": git_commit()}
     exp_name = os.environ.get("DVC_EXP_NAME")
     if exp_name:
         tags["dvc_exp_name"] = exp_name
-    run = client.create_run(experiment_id, run_name=exp_name or f"pipeline {key}", tags=tags)
-    for name, value in params.flat().items():
-        client.log_param(run.info.run_id, name, value)
-    client.set_terminated(run.info.run_id)
+    run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
+    client.log_batch(run.info.run_id, params=[Param(name, str(value)) for name, value in params.flat().items()])
     return experiment_id, run.info.run_id
 
 
+def _end_parent(parent_id: str, status: str) -> None:
+    import mlflow
+
+    with parent_lock():
+        mlflow.MlflowClient().set_terminated(parent_id, status=status, end_time=int(time.time() * 1000))
+
+
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, section_names: tuple[str, ...] = ()) -> Iterator[StageRun]:
-    """Open the nested MLflow run of one stage under the execution's parent run."""
+def stage_run(stage: str, params: Params, keys: Iterable[str] | None = None) -> Iterator[StageRun]:
+    """Open the nested MLflow run of one stage under the execution's parent run, logging the
+    params under `keys` (the stage's dvc.yaml params; None: all of them)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    experiment_id, parent_id = find_or_create_parent(params)
-    stage_params = {k: v for k, v in params.flat().items()
-                    if not section_names or k.split(".", 1)[0] in section_names}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=True,
-                          parent_run_id=parent_id, tags={"stage": stage}) as run:
-        mlflow.log_params(stage_params)
-        log.info("MLflow: stage run %s under parent %s (%s)", run.info.run_id, parent_id, tracking_uri())
-        yield StageRun(stage=stage, run_id=run.info.run_id, parent_id=parent_id)
+    with parent_lock():
+        experiment_id, parent_id = find_or_create_parent(params)
+    stage_params = params.flat() if keys is None else params.select(keys)
+    status = "FAILED"
+    try:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=True,
+                              parent_run_id=parent_id, tags={"stage": stage}) as run:
+            mlflow.log_params(stage_params)
+            log.info("MLflow: stage run %s under parent %s (%s)", run.info.run_id, parent_id, tracking_uri())
+            yield StageRun(stage=stage, run_id=run.info.run_id, parent_id=parent_id)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        _end_parent(parent_id, status)
