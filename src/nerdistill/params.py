@@ -217,7 +217,9 @@ class BenchParams:
 
 @dataclass(frozen=True)
 class GateParams:
-    max_f1_drop: float = 3.0
+    max_f1_drop: float = 1.0
+    max_agreement_drop: float = 5.0
+    min_f1: float = 0.5
     go_latency_ms: float = 200.0
     nogo_latency_ms: float = 300.0
     max_memory_mb: float = 4096.0
@@ -225,6 +227,9 @@ class GateParams:
 
     def validate(self, key: str) -> None:
         _check(self.max_f1_drop >= 0, f"{key}.max_f1_drop", self.max_f1_drop, "points of F1 >= 0")
+        _check(0 <= self.max_agreement_drop <= 100, f"{key}.max_agreement_drop", self.max_agreement_drop,
+               "points of agreement F1 in [0, 100]")
+        _check(0 <= self.min_f1 <= 1, f"{key}.min_f1", self.min_f1, "an F1 in [0, 1]")
         _check(0 < self.go_latency_ms <= self.nogo_latency_ms, f"{key}.go_latency_ms", self.go_latency_ms,
                f"a latency > 0 and <= gate.nogo_latency_ms ({self.nogo_latency_ms})")
         _check(self.max_memory_mb > 0, f"{key}.max_memory_mb", self.max_memory_mb, "a number of MB > 0")

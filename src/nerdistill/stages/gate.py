@@ -2,18 +2,24 @@
 
 Checks, each on the same CPU variant of the final student (fp32, or dynamic int8 when bench
 measured it):
-- F1 drop, teacher - student in points, <= gate.max_f1_drop. Basis "gold" when evaluate scored
-  a gold set, else "agreement" (F1 against the teacher's own tags); the result names the basis.
-  The int8 variant has only an agreement F1 (bench scores it on the test split), so it is a
-  candidate only on the agreement basis.
+- quality, on the gold basis when evaluate scored a gold set: the F1 drop, teacher - student in
+  points, <= gate.max_f1_drop, else NO-GO. Without gold only agreement exists (F1 against the
+  teacher's own tags), which counts the teacher's mistakes as the student's: a student may
+  disagree and be right. So the agreement drop, 100 x (1 - agreement F1), has its own bound,
+  gate.max_agreement_drop, and past it the verdict is REVIEW (score a gold set to decide), never
+  a gold threshold applied to agreement. The int8 variant has only an agreement F1 (bench
+  scores it on the test split), so it is a candidate only on the agreement basis.
+- a floor: the student's F1 on that basis >= gate.min_f1, else NO-GO whatever the drop (a
+  useless teacher makes any drop look small).
 - CPU p50 batch-1 latency on the ~bench.doc_tokens document < gate.go_latency_ms.
 - peak resident memory of the process that loaded and ran the variant < gate.max_memory_mb.
 
-Decision: NO-GO when the F1 drop or the memory check fails or the latency exceeds
-gate.nogo_latency_ms; GO when every check passes; otherwise REVIEW: quality and memory pass
-and the latency lies in [go_latency_ms, nogo_latency_ms], a band the seeds' criteria neither
-accept nor reject, so a person decides. Every candidate variant is judged and the best decision
-wins (ties: lower latency), so a fast int8 that loses too much F1 never hides a good fp32.
+Decision: NO-GO when a check whose failure is NO-GO fails (gold drop, floor, memory) or the
+latency exceeds gate.nogo_latency_ms; GO when every check passes; otherwise REVIEW (the
+agreement drop past its bound, or a latency in [go_latency_ms, nogo_latency_ms], a band the
+seeds' criteria neither accept nor reject), so a person decides. Each check records what its
+failure means (`on_fail`). Every candidate variant is judged and the best decision wins (ties:
+lower latency), so a fast int8 that loses too much F1 never hides a good fp32.
 """
 from __future__ import annotations
 
@@ -53,7 +59,7 @@ def summary(result: dict) -> str:
     """The decision and each check on one line each, what `nerdistill gate` prints."""
     lines = [f"{result['decision']}  ({result['model']} {result['variant']}, F1 basis: {result['basis']})"]
     for check in result["checks"]:
-        mark = "pass" if check["passed"] else "FAIL"
+        mark = "pass" if check["passed"] else f"FAIL ({check['on_fail']})"
         lines.append(f"  {mark}  {check['name']} = {check['value']:.2f} (threshold {check['threshold']:g}): "
                      f"{check['source']}")
     return "\n".join(lines)
@@ -63,21 +69,30 @@ def _judge(params: Params, eval_metrics: dict, bench_metrics: dict, basis: str, 
            variant: str) -> dict:
     gate = params.gate
     figures = _variants(bench_metrics, final)[variant]
-    f1_drop = _f1_drop(eval_metrics, bench_metrics, basis, final, variant)
+    f1 = _student_f1(eval_metrics, bench_metrics, basis, final, variant)
     latency = _number(figures, "doc_p50_ms", f"bench models.{final}.variants.{variant}")
     memory = _number(figures, "peak_rss_mb", f"bench models.{final}.variants.{variant}")
+    drop = _f1_drop(eval_metrics, bench_metrics, basis, final, variant)
+    if basis == "gold":
+        quality = _check("f1_drop_points", drop, gate.max_f1_drop, drop <= gate.max_f1_drop, NOGO,
+                         f"teacher - {final} ({variant}) F1 on the gold set, in points")
+    else:
+        quality = _check("agreement_drop_points", drop, gate.max_agreement_drop, drop <= gate.max_agreement_drop,
+                         REVIEW, f"100 x (1 - F1 of {final} ({variant}) against the teacher's own tags); no gold "
+                         "set, so disagreement may be the teacher's error: set evaluate.gold_path to decide")
     checks = [
-        _check("f1_drop_points", f1_drop, gate.max_f1_drop, f1_drop <= gate.max_f1_drop,
-               f"teacher - {final} ({variant}) F1 on the {basis} basis, in points"),
-        {**_check("cpu_latency_p50_ms", latency, gate.go_latency_ms, latency < gate.go_latency_ms,
+        quality,
+        _check("f1", f1, gate.min_f1, f1 >= gate.min_f1, NOGO, f"F1 of {final} ({variant}) on the {basis} basis"),
+        {**_check("cpu_latency_p50_ms", latency, gate.go_latency_ms, latency < gate.go_latency_ms, REVIEW,
                   f"{final} ({variant}) batch-1 p50 on a {bench_metrics.get('doc_tokens', '?')}-token "
                   f"document, {bench_metrics.get('threads', '?')} CPU threads"),
          "nogo_threshold": gate.nogo_latency_ms},
-        _check("peak_memory_mb", memory, gate.max_memory_mb, memory < gate.max_memory_mb,
+        _check("peak_memory_mb", memory, gate.max_memory_mb, memory < gate.max_memory_mb, NOGO,
                f"peak resident memory of a fresh process loading and running {final} ({variant})"),
     ]
-    nogo = not checks[0]["passed"] or not checks[2]["passed"] or latency > gate.nogo_latency_ms
-    decision = NOGO if nogo else GO if all(c["passed"] for c in checks) else REVIEW
+    failed = [check for check in checks if not check["passed"]]
+    nogo = any(check["on_fail"] == NOGO for check in failed) or latency > gate.nogo_latency_ms
+    decision = NOGO if nogo else REVIEW if failed else GO
     return {"decision": decision, "checks": checks, "latency_ms": latency}
 
 
@@ -89,13 +104,22 @@ def _f1_drop(eval_metrics: dict, bench_metrics: dict, basis: str, final: str, va
                    f"bench models.{final}.variants.{variant}")
 
 
+def _student_f1(eval_metrics: dict, bench_metrics: dict, basis: str, final: str, variant: str) -> float:
+    if variant == FP32:
+        scores = _get(_get(eval_metrics, basis, "eval"), final, f"eval {basis}")
+        return _number(scores, "f1", f"eval {basis}.{final}")
+    return _number(_variants(bench_metrics, final)[variant], "f1_agreement",
+                   f"bench models.{final}.variants.{variant}")
+
+
 def _variants(bench_metrics: dict, model: str) -> dict:
     models = _get(bench_metrics, "models", "bench")
     return _get(_get(models, model, "bench models"), "variants", f"bench models.{model}")
 
 
-def _check(name: str, value: float, threshold: float, passed: bool, source: str) -> dict:
-    return {"name": name, "value": value, "threshold": threshold, "passed": passed, "source": source}
+def _check(name: str, value: float, threshold: float, passed: bool, on_fail: str, source: str) -> dict:
+    return {"name": name, "value": value, "threshold": threshold, "passed": passed, "on_fail": on_fail,
+            "source": source}
 
 
 def _get(tree: dict, key: str, where: str) -> Any:
