@@ -132,5 +132,5 @@ def test_too_many_long_lines_stop_the_stage(tmp_path, random_teacher_dir):
 @pytest.mark.parametrize("model_name", ["nobody/no-such-ner-model", "/no/such/teacher/folder"])
 def test_unreachable_teacher_says_to_use_a_local_folder(tmp_path, model_name):
     corpus = write_corpus(tmp_path, PHRASES)
-    with pytest.raises(OSError, match="teacher.model_name.*folder"):
+    with pytest.raises(InputError, match="teacher.model_name.*folder"):
         annotate.run(params(model_name), corpus, tmp_path / "out")

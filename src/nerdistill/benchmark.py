@@ -8,8 +8,11 @@ high-water mark cannot be shared between models.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import dataclasses
+import gc
 import itertools
 import json
 import math
@@ -129,12 +132,15 @@ def quantized(tagger: NerTagger) -> NerTagger:
     """
     variant = copy.copy(tagger)
     variant.backend = copy.copy(tagger.backend)
+    variant.backend.model = _quantize(tagger.backend.model, inplace=False)
+    return variant
+
+
+def _quantize(model: nn.Module, inplace: bool) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-        variant.backend.model = torch.ao.quantization.quantize_dynamic(
-            tagger.backend.model, {nn.Linear}, dtype=torch.qint8, inplace=False)
-    return variant
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=inplace)
 
 
 def parameter_count(tagger: NerTagger) -> int | None:
@@ -156,11 +162,11 @@ def disk_bytes(path: str) -> int | None:
     return sum(f.stat().st_size for f in folder.iterdir() if f.name.endswith(WEIGHT_SUFFIXES))
 
 
-def peak_memory(jobs: dict[tuple[str, str], str], workloads: Workloads, threads: int, batch_size: int
-                ) -> dict[tuple[str, str], dict[str, float]]:
+def peak_memory(jobs: dict[tuple[str, str], tuple[str, tuple[int, int]]], workloads: Workloads, threads: int,
+                batch_size: int) -> dict[tuple[str, str], dict[str, float]]:
     """{(model, variant): {"peak_rss_mb", "import_rss_mb", "model_rss_mb"}}, each from a fresh Python
-    process: the whole process's peak, its peak once torch and transformers are imported, and
-    the difference, what the model itself adds.
+    process given (folder, window): the whole process's peak, its peak once torch and transformers
+    are imported, and the difference, what the model itself adds.
 
     A new interpreter (not a fork, which would start from this process's pages, nor a
     multiprocessing spawn, which re-imports the caller's main script) runs `python -m
@@ -168,8 +174,8 @@ def peak_memory(jobs: dict[tuple[str, str], str], workloads: Workloads, threads:
     """
     request = {"workloads": dataclasses.asdict(workloads), "threads": threads, "batch_size": batch_size}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {key: pool.submit(_run_child, {**request, "path": path, "variant": key[1]})
-                   for key, path in jobs.items()}
+        futures = {key: pool.submit(_run_child, {**request, "path": path, "window": window, "variant": key[1]})
+                   for key, (path, window) in jobs.items()}
         return {key: future.result() for key, future in futures.items()}
 
 
@@ -183,17 +189,38 @@ def _run_child(request: dict) -> dict[str, float]:
 
 
 def _measure(request: dict) -> dict[str, float]:
-    """Child side: load the variant, tag the document and the batch, report the high-water marks."""
+    """Child side: load the variant, tag the document and the batch, report the high-water marks.
+
+    The int8 variant is quantised from the fp32 weights, in place; the fp32 copy is then freed and
+    the high-water mark restarted, so its peak is what a process serving the int8 model holds, not
+    the fp32 model it was made from (an int8 export loaded directly, as a service would)."""
     torch.set_num_threads(request["threads"])
     imported = _peak_rss_mb()
     workloads = Workloads(**request["workloads"])
-    tagger = NerTagger.load(request["path"], device="cpu", threads=request["threads"])
+    max_length, stride = request["window"]
+    tagger = NerTagger.load(request["path"], device="cpu", max_length=max_length, stride=stride,
+                            threads=request["threads"])
     if request["variant"] == INT8:
-        tagger = quantized(tagger)
+        _quantize(tagger.backend.model, inplace=True)
+        gc.collect()
+        _return_freed_memory()
+        _restart_peak()
     tagger.tag_words([workloads.doc])
     tagger.tag_words(workloads.batch, batch_size=request["batch_size"])
     peak = _peak_rss_mb()
     return {"peak_rss_mb": peak, "import_rss_mb": imported, "model_rss_mb": peak - imported}
+
+
+def _return_freed_memory() -> None:
+    """glibc keeps freed heap pages resident until asked to hand them back."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _restart_peak() -> None:
+    """Reset Linux's VmHWM to the current resident size (proc(5), clear_refs value 5)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
 
 
 def _peak_rss_mb() -> float:

@@ -39,6 +39,7 @@ from nerdistill.data import NerCollator, Window, WordTokenizer
 from nerdistill.io import InputError, atomic_path, read_json
 from nerdistill.labels import ordered_labels, student_labels
 from nerdistill.modeling import CrfStudent, StudentConfig, load_teacher, teacher_forward, viterbi
+from nerdistill.params import TeacherParams
 from nerdistill.text import Word, entity_spans, iob1_to_iob2, split_words
 from nerdistill.text import drop_types as drop_entity_types  # `drop_types` names the tagger's option
 
@@ -200,9 +201,32 @@ class NerTagger:
                  path_or_hub_id, device, tagger.labels, tagger.max_length, tagger.stride)
         return tagger
 
+    @classmethod
+    def for_teacher(cls, teacher: TeacherParams, device: str | torch.device | None = None,
+                    drop_types: Iterable[str] = (), threads: int | None = None) -> NerTagger:
+        """The teacher windowed as params say: `teacher.max_length` sub-tokens (at most what its
+        positions take) sharing `teacher.stride`. annotate, evaluate and bench all tag the teacher
+        through here, so its tags on a long line do not depend on which stage produced them."""
+        try:
+            tagger = cls.load(teacher.model_name, device, drop_types=drop_types, batch_size=teacher.batch_size,
+                              threads=threads)
+        except InputError as err:
+            message = str(err)
+            if "teacher.model_name" not in message:
+                message = f"teacher.model_name = {teacher.model_name!r}: {message}; point it at a teacher folder"
+            raise InputError(message) from err
+        length = min(teacher.max_length, tagger.max_length)
+        return cls(tagger.backend, tagger.words.tokenizer, length, min(teacher.stride, length // 2 - 1),
+                   drop_types, teacher.batch_size)
+
     @property
     def kind(self) -> str:
         return self.backend.kind
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """(max_length, stride): sub-tokens per window, and shared by two consecutive windows."""
+        return self.max_length, self.stride
 
     @property
     def labels(self) -> list[str]:
@@ -248,6 +272,15 @@ class NerTagger:
             batch = self.collator([{"input_ids": w.input_ids, "word_index": w.word_index} for _, w in chunk])
             for (line, window), output in zip(chunk, self.backend.predict(batch)):
                 yield line, window, output
+
+
+def load_tagger(path: str, teacher: TeacherParams, device: str | torch.device | None = None,
+                threads: int | None = None) -> NerTagger:
+    """The tagger a stage compares: the teacher (`path` is `teacher.model_name`) windowed from params,
+    any other folder as it was saved."""
+    if path == teacher.model_name:
+        return NerTagger.for_teacher(teacher, device, threads=threads)
+    return NerTagger.load(path, device, threads=threads)
 
 
 def _entities(text: str, words: list[Word], tags: list[str], scores: list[float]) -> list[dict[str, Any]]:

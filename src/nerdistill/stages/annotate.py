@@ -12,13 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nerdistill.data import Phrase, read_corpus
 from nerdistill.io import InputError, write_json, write_jsonl
-from nerdistill.labels import ordered_labels, student_labels, transition_prior
-from nerdistill.modeling import load_teacher
-from nerdistill.predict import NerTagger, TeacherBackend
+from nerdistill.labels import transition_prior
+from nerdistill.predict import NerTagger
 from nerdistill.params import Params, SplitRatios
 from nerdistill.text import Word, entity_spans, is_valid_iob2, split_words
 
@@ -31,18 +28,11 @@ def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
     settings = params.annotate
     raw = read_corpus(corpus, settings.max_line_chars)
     _check_skipped(corpus, raw.too_long, raw.skipped_fraction, settings.max_line_chars, settings.max_skipped_fraction)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    teacher, tokenizer = load_teacher(params.teacher.model_name, device)
-    labels = student_labels(teacher.config.id2label, settings.drop_types)
-    log.info("teacher %s on %s: labels %s -> student labels %s", params.teacher.model_name, device,
-             ordered_labels(teacher.config.id2label), labels)
+    tagger = NerTagger.for_teacher(params.teacher, drop_types=settings.drop_types)
+    labels = tagger.labels
+    log.info("teacher %s: labels %s -> student labels %s", params.teacher.model_name, tagger.backend.labels, labels)
 
     phrases, words, no_words = _split_phrases(raw.phrases)
-    # A teacher may accept fewer positions than teacher.max_length asks for (tokenizer_config's
-    # model_max_length says how many); exceeding them would crash its position embeddings.
-    tagger = NerTagger(TeacherBackend(teacher, torch.device(device)), tokenizer,
-                       min(params.teacher.max_length, tokenizer.model_max_length), params.teacher.stride,
-                       drop_types=settings.drop_types, batch_size=params.teacher.batch_size)
     word_texts = [[w.text for w in phrase_words] for phrase_words in words]
     teacher_tags = tagger.tag_words(word_texts, progress="annotate")
     records = [_record(phrase, phrase_words, tags, labels)

@@ -24,8 +24,8 @@ from nerdistill.data import load_split
 from nerdistill.io import read_json, save_figure
 from nerdistill.labels import entity_types
 from nerdistill.metrics import entity_scores, restrict_types
-from nerdistill.params import BenchParams, Params
-from nerdistill.predict import NerTagger
+from nerdistill.params import BenchParams, Params, TeacherParams
+from nerdistill.predict import NerTagger, load_tagger
 
 logger = logging.getLogger(__name__)
 
@@ -37,23 +37,24 @@ def run(params: Params, data_dir: Path, models: dict[str, str], latency_png: Pat
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(params.bench.threads)
     try:
-        return _bench(params.bench, Path(data_dir), models, latency_png)
+        return _bench(params.bench, params.teacher, Path(data_dir), models, latency_png)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _bench(bench: BenchParams, data_dir: Path, models: dict[str, str], latency_png: Path) -> dict:
+def _bench(bench: BenchParams, teacher_params: TeacherParams, data_dir: Path, models: dict[str, str],
+           latency_png: Path) -> dict:
     teacher, final = bm.model_roles(models)
     test = load_split(data_dir / "test.jsonl")
     sentences, reference = [r["tokens"] for r in test], [r["ner_tags"] for r in test]
     kept_types = set(entity_types(read_json(data_dir / "label2id.json")))
 
-    taggers = {name: NerTagger.load(path, device="cpu", threads=bench.threads) for name, path in models.items()}
-    variants = _variants(bench, models, taggers, teacher, final)
+    taggers = {name: load_tagger(path, teacher_params, "cpu", bench.threads) for name, path in models.items()}
+    variants = _variants(bench, teacher_params, models, taggers, teacher, final)
     tokenizer = taggers[teacher].words.tokenizer
     workloads = bm.build_workloads(sentences, tokenizer, bench.doc_tokens, bench.batch_size)
-    memory = bm.peak_memory({key: models[key[0]] for key in variants if key[1] != bm.CUDA}, workloads,
-                            bench.threads, bench.batch_size)
+    memory = bm.peak_memory({key: (models[key[0]], taggers[key[0]].window) for key in variants if key[1] != bm.CUDA},
+                            workloads, bench.threads, bench.batch_size)
     samples = _interleaved(variants, workloads, bench)
 
     results: dict = {name: {"kind": tagger.kind, "parameters": bm.parameter_count(tagger),
@@ -72,7 +73,8 @@ def _bench(bench: BenchParams, data_dir: Path, models: dict[str, str], latency_p
         "timed": "model only: encoder forward + CRF Viterbi (students) or argmax (teacher) on windows "
                  "tokenised and collated beforehand; tokenisation and stitching excluded",
         "memory": "peak_rss_mb: resident high-water mark of a fresh Python process that loads the variant "
-                  "and tags the document and the batch; import_rss_mb: the same once torch and transformers are "
+                  "and tags the document and the batch (int8: from the moment its fp32 source is freed, as a "
+                  "process serving the int8 model); import_rss_mb: the same once torch and transformers are "
                   "imported; model_rss_mb: the difference (the model, its activations and the library code "
                   "transformers imports lazily while loading, some tens of MB)",
         "quality": "f1_agreement: strict IOB2 F1 against the teacher's test-split tags; "
@@ -85,13 +87,13 @@ def _bench(bench: BenchParams, data_dir: Path, models: dict[str, str], latency_p
     return metrics
 
 
-def _variants(bench: BenchParams, models: dict[str, str], taggers: dict[str, NerTagger], teacher: str,
-              final: str) -> dict[Key, NerTagger]:
+def _variants(bench: BenchParams, teacher_params: TeacherParams, models: dict[str, str],
+              taggers: dict[str, NerTagger], teacher: str, final: str) -> dict[Key, NerTagger]:
     variants = {(name, bm.ONNX if tagger.kind == "onnx" else bm.FP32): tagger for name, tagger in taggers.items()}
     if bench.int8:
         variants |= {(name, bm.INT8): bm.quantized(taggers[name]) for name in (teacher, final)}
     if torch.cuda.is_available():
-        variants |= {(name, bm.CUDA): NerTagger.load(path, device="cuda") for name, path in models.items()
+        variants |= {(name, bm.CUDA): load_tagger(path, teacher_params, "cuda") for name, path in models.items()
                      if taggers[name].kind != "onnx"}
     return variants
 

@@ -22,7 +22,7 @@ from nerdistill.io import read_json, save_figure, write_csv, write_jsonl
 from nerdistill.labels import entity_types
 from nerdistill.metrics import entity_scores, read_conll, restrict_types, type_confusion
 from nerdistill.params import Params
-from nerdistill.predict import NerTagger
+from nerdistill.predict import load_tagger
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def run(params: Params, data_dir: Path, models: dict[str, str], per_class_csv: P
 
     predictions = {reference: {} for reference in references}
     for name, path in tqdm(models.items(), desc="evaluate", unit="model"):
-        tagger = NerTagger.load(path)
+        tagger = load_tagger(path, params.teacher)
         for reference, (words, _) in references.items():
             tags = tagger.tag_words(words, batch_size=params.evaluate.batch_size)
             predictions[reference][name] = [restrict_types(t, kept_types) for t in tags]
