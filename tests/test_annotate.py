@@ -134,3 +134,14 @@ def test_unreachable_teacher_says_to_use_a_local_folder(tmp_path, model_name):
     corpus = write_corpus(tmp_path, PHRASES)
     with pytest.raises(InputError, match="teacher.model_name.*folder"):
         annotate.run(params(model_name), corpus, tmp_path / "out")
+
+
+def test_repeated_lines_are_dropped_before_the_split_and_counted(tmp_path, demo_teacher_dir):
+    boilerplate = "Compte rendu validé par le service de cardiologie."
+    lines = [f"Marie Durand habite à Lyon depuis {n} ans." for n in range(30)]
+    corpus = write_corpus(tmp_path, lines + [boilerplate] * 12 + lines[:5])
+    metrics = annotate.run(params(str(demo_teacher_dir)), corpus, tmp_path / "out")
+    assert metrics["skipped"]["duplicates"] == 11 + 5
+    assert metrics["phrases"]["total"] == 31
+    texts = [r["text"] for split in ("train", "val", "test") for r in load_split(tmp_path / "out" / f"{split}.jsonl")]
+    assert sorted(texts) == sorted(set(lines) | {boilerplate})

@@ -2,7 +2,8 @@
 
 Each phrase is split into words (text.split_words), the teacher reads it in windows of
 `teacher.max_length` sub-tokens (long lines are never truncated), each word takes the label of
-its first sub-token, IO becomes IOB2 and `annotate.drop_types` become O.
+its first sub-token, IO becomes IOB2 and `annotate.drop_types` become O. Exact repeats of an
+earlier line are dropped before the seeded split, so no phrase sits in two splits.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
     labels = tagger.labels
     log.info("teacher %s: labels %s -> student labels %s", params.teacher.model_name, tagger.backend.labels, labels)
 
-    phrases, words, no_words = _split_phrases(raw.phrases)
+    unique, duplicates = drop_duplicates(raw.phrases)
+    phrases, words, no_words = _split_phrases(unique)
     word_texts = [[w.text for w in phrase_words] for phrase_words in words]
     teacher_tags = tagger.tag_words(word_texts, progress="annotate")
     records = [_record(phrase, phrase_words, tags, labels)
@@ -45,10 +47,27 @@ def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
     write_json(out_dir / "label2id.json", {label: i for i, label in enumerate(labels)})
     write_json(out_dir / "transitions.json",
                transition_prior((records[i]["ner_tags"] for i in splits["train"]), labels))
-    skipped = {"blank_lines": raw.blank_lines, "no_words": no_words, "too_long": len(raw.too_long),
+    skipped = {"blank_lines": raw.blank_lines, "duplicates": duplicates, "no_words": no_words, "too_long": len(raw.too_long),
                "too_long_fraction": raw.skipped_fraction}
     windowed = sum(len(tagger.words.windows(line)) > 1 for line in word_texts)
     return _metrics(records, splits, skipped, windowed)
+
+
+def drop_duplicates(phrases: list[Phrase]) -> tuple[list[Phrase], int]:
+    """The first of each text, in corpus order, and how many repeats were dropped. A repeated line
+    (boilerplate, a header) split at random would sit in train and test at once and inflate
+    every test score, agreement included."""
+    first_line: dict[str, int] = {}
+    kept = []
+    for phrase in phrases:
+        if phrase.text in first_line:
+            log.debug("line %d repeats line %d, dropped", phrase.line_no, first_line[phrase.text])
+        else:
+            first_line[phrase.text] = phrase.line_no
+            kept.append(phrase)
+    if len(kept) < len(phrases):
+        log.info("dropped %d repeated lines (exact duplicates of an earlier line)", len(phrases) - len(kept))
+    return kept, len(phrases) - len(kept)
 
 
 def _split_phrases(phrases: list[Phrase]) -> tuple[list[Phrase], list[list[Word]], int]:
