@@ -1,0 +1,1 @@
+"""One module per pipeline stage, each a pure `run(params, paths) -> metrics`."""
