@@ -101,7 +101,7 @@ def test_jsonl_corpus_keeps_ids_and_counts_skipped_lines(tmp_path, random_teache
                            tmp_path / "out")
     ids = {r["id"] for rs in read_records(tmp_path / "out").values() for r in rs}
     assert ids == {f"doc-{i}" for i in range(len(PHRASES))}
-    assert metrics["skipped"] == {"blank_lines": 1, "no_words": 1, "too_long": 1, "too_long_fraction": 1 / 8}
+    assert metrics["skipped"] == {"blank_lines": 1, "duplicates": 0, "no_words": 1, "too_long": 1, "too_long_fraction": 1 / 8}
 
 
 @pytest.mark.parametrize("content, name, message", [
