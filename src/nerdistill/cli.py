@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from nerdistill import tracking
-from nerdistill.io import InputError, read_json
+from nerdistill.io import InputError, check_writable, read_json
 from nerdistill.params import Params, ParamsError, load_params, stage_param_keys
 
 log = logging.getLogger("nerdistill")
@@ -117,8 +118,10 @@ def cmd_gate(args: argparse.Namespace, params: Params) -> int:
 def cmd_predict(args: argparse.Namespace, params: Params | None) -> int:
     from nerdistill.predict import NerTagger, predict_stream
 
-    tagger = NerTagger.load(str(args.model))
-    counts = predict_stream(tagger, args.input, args.output, batch_size=args.batch_size)
+    if args.output != "-":
+        check_writable(args.output)  # before the model loads, not after
+    tagger = NerTagger.load(str(args.model), source="--model")
+    counts = predict_stream(tagger, args.input, args.output, batch_size=args.batch_size, input_format=args.format)
     log.info("predict: %s", counts)
     return 1 if counts.get("failed", 0) else 0
 
@@ -158,12 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, func: Callable, help_text: str, needs_params: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, func: Callable, help_text: str, needs_params: bool = True,
+            epilog: str | None = None) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog)
         p.set_defaults(func=func, needs_params=needs_params)
         return p
 
-    p = add("annotate", cmd_annotate, "teacher auto-annotates the raw corpus into train/val/test splits")
+    p = add("annotate", cmd_annotate, "teacher auto-annotates the raw corpus into train/val/test splits",
+            epilog="Bad input (a byte that is not UTF-8, malformed JSONL, a repeated id) stops with FILE:LINE and "
+                   "exit status 2; blank, repeated and over-long lines are skipped and counted in the metrics. "
+                   "The output folder is replaced whole at the end: on Ctrl-C or SIGTERM the previous one "
+                   "stays as it was (exit status 130 or 143).")
     p.add_argument("--corpus", type=Path, required=True, help=".txt (one phrase a line) or .jsonl with a text field")
     p.add_argument("--out", type=Path, required=True, help="folder for {train,val,test}.jsonl, label2id.json, transitions.json")
     p.add_argument("--metrics", type=Path, required=True)
@@ -210,9 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
 
-    p = add("predict", cmd_predict, "tag texts with a student, an ONNX export or a teacher", needs_params=False)
+    p = add("predict", cmd_predict, "tag texts with a student, an ONNX export or a teacher", needs_params=False,
+            epilog="One output line per input line. A line that is not UTF-8 or not a JSON object with a string "
+                   "'text' gives {\"line\": N, \"error\": ...} in its place, a warning with its number, and exit "
+                   "status 1 at the end. The output file is written whole or not at all: on Ctrl-C or SIGTERM "
+                   "the temp file is removed and the command exits 130 or 143.")
     p.add_argument("--model", type=Path, default=Path("models/student_final"))
     p.add_argument("--input", default="-", help=".txt, .jsonl or - for stdin")
+    p.add_argument("--format", choices=("auto", "txt", "jsonl"), default="auto",
+                   help="input format: auto = the file's suffix; for stdin, jsonl when the first non-blank "
+                        "line is a JSON object, else txt (default: %(default)s)")
     p.add_argument("--output", default="-", help=".jsonl or - for stdout")
     p.add_argument("--batch-size", type=int, default=32)
 
@@ -237,10 +252,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, systemd, Kubernetes) raised like Ctrl-C, so every `finally` cleans up."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         params = load_params(args.params) if args.needs_params else None
         return args.func(args, params)
@@ -248,9 +272,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", err)
         return 2
     except OSError as err:
-        # Model folders and hub ids the user pointed at (load_teacher says which key to fix).
+        # Outputs and model folders the user named (the messages say which path or key to fix).
         log.error("%s", err)
         return 2
+    except KeyboardInterrupt as err:
+        # Temp files are gone by now (their `finally` ran); outputs are as before the command.
+        log.error("interrupted")
+        return 128 + (signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """Atomic file writes and line-numbered JSONL reading.
 
-Every output goes through a temp file in the same folder and an os.replace, so an interrupted
-stage never leaves a half-written file that DVC would cache.
+Every output goes through a temp file (or folder) in the same folder and an os.replace, so an
+interrupted stage never leaves a half-written output that DVC would cache. A temp entry is
+removed when its block fails or is interrupted (Ctrl-C, SIGTERM); one left by a killed process
+(SIGKILL, power loss) carries that process's id and is swept by the next write of the same output.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +23,10 @@ class InputError(ValueError):
     """Bad user input, with the file and line in the message."""
 
 
+class OutputError(OSError):
+    """An output that cannot be written, named as the user gave it."""
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -26,21 +34,92 @@ def _umask() -> int:
 
 
 def _chmod_like_new(path: Path, directory: bool) -> None:
-    """mkstemp/mkdtemp create owner-only entries; give outputs the permissions a plain write would."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+    """mkstemp/mkdtemp (and safetensors' weight files) are owner-only; give outputs the permissions
+    a plain write would, so another user or a service account can read a model folder."""
+    mask = _umask()
+    os.chmod(path, (0o777 if directory else 0o666) & ~mask)
+    if directory:
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+            for name in files:
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def _sweep_stale(path: Path) -> None:
+    """Remove temp entries of `path` left by processes that no longer run (killed mid-write)."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^/]*\.tmp$")
+    for sibling in path.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if match and int(match.group(1)) != os.getpid() and not _pid_alive(int(match.group(1))):
+            if sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
+            else:
+                sibling.unlink(missing_ok=True)
+
+
+def _prepare(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot create its folder {path.parent} ({err.strerror})") from err
+    _sweep_stale(path)
+
+
+@contextlib.contextmanager
+def _named_errors(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """OS errors about the hidden temp entry (any, while it is made), or without a file name (disk
+    full), name `path`; errors about other files pass through as they are."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as err:
+        if tmp is None or err.filename is None or str(tmp) in str(err.filename) or err.errno == errno.ENOSPC:
+            raise OutputError(f"{path}: cannot write ({err.strerror or err}); free space or choose another "
+                              "location") from err
+        raise
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail before any work when `path` cannot be written: its nearest existing folder must be a
+    writable folder. Errors name `path`, the location the user gave."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(f"{path}: cannot write there, {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot write there, {folder} is not writable; choose another location")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; it replaces `path` only if the block finishes."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    _prepare(path)
+    with _named_errors(path):
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    tmp = Path(name)
     try:
-        yield Path(tmp)
-        _chmod_like_new(Path(tmp), directory=False)
-        os.replace(tmp, path)
+        with _named_errors(path, tmp):
+            yield tmp
+            _chmod_like_new(tmp, directory=False)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -49,10 +128,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temp folder beside `path`; it replaces `path` only if the block finishes,
-    so an interrupted save never leaves a half-written model folder."""
+    so an interrupted save never leaves a half-written folder (and no file of an older one)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _prepare(path)
+    with _named_errors(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _chmod_like_new(tmp, directory=True)

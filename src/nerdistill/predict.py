@@ -162,8 +162,9 @@ class NerTagger:
     @classmethod
     def load(cls, path_or_hub_id: str | Path, device: str | torch.device | None = None,
              max_length: int | None = None, stride: int | None = None, drop_types: Iterable[str] = (),
-             batch_size: int = 32, threads: int | None = None) -> NerTagger:
+             batch_size: int = 32, threads: int | None = None, source: str = "model") -> NerTagger:
         """A tagger for a student folder, an ONNX export folder, a teacher folder or a hub id.
+        `source` names where the path came from (`--model`, `teacher.model_name`) in errors.
 
         `max_length`/`stride` (sub-tokens per window / shared by two windows) default to the
         student's training settings from its provenance, else to what the model's positions allow
@@ -185,7 +186,7 @@ class NerTagger:
             default_length, default_stride = student_window(model.config, tokenizer)
         else:
             try:
-                model, tokenizer = load_teacher(path_or_hub_id, device)
+                model, tokenizer = load_teacher(path_or_hub_id, device, key=source)
             except OSError as err:
                 raise InputError(str(err)) from err
             backend = TeacherBackend(model, device)
@@ -209,7 +210,7 @@ class NerTagger:
         through here, so its tags on a long line do not depend on which stage produced them."""
         try:
             tagger = cls.load(teacher.model_name, device, drop_types=drop_types, batch_size=teacher.batch_size,
-                              threads=threads)
+                              threads=threads, source="teacher.model_name")
         except InputError as err:
             message = str(err)
             if "teacher.model_name" not in message:
@@ -353,10 +354,12 @@ def student_window(config: StudentConfig, tokenizer: PreTrainedTokenizerBase) ->
 
 # --- streaming ------------------------------------------------------------------------------------
 
+SNIFF = "sniff"  # stdin with --format auto: decided on its first lines
+
 def predict_stream(tagger: NerTagger, input_path: str | Path, output_path: str | Path, batch_size: int = 32,
                    input_format: str = "auto", chunk_lines: int = 1024) -> dict[str, int]:
     """Tag a `.txt` (one text a line) or `.jsonl` (`text`, optional `id` carried through) file, or `-`
-    for stdin (text unless `input_format="jsonl"`), into JSONL `{"text", "entities", ["id"]}` on
+    for stdin (`input_format` auto: JSONL when its first non-blank line is a JSON object), into JSONL `{"text", "entities", ["id"]}` on
     `output_path` (`-` for stdout; a file is replaced atomically once every line is written).
 
     Streams `chunk_lines` lines at a time. One output line per input line: a blank line gives
@@ -369,6 +372,9 @@ def predict_stream(tagger: NerTagger, input_path: str | Path, output_path: str |
     progress = tqdm(desc="predict", unit="line", disable=not sys.stderr.isatty())
     with _open_input(input_path) as source, _open_output(output_path) as sink:
         for chunk in _chunks(source, chunk_lines):
+            if fmt == SNIFF:
+                fmt = _sniff(chunk)
+                log.info("%s: read as %s (--format to say otherwise)", input_path, fmt)
             parsed = [_parse_line(line_no, raw, fmt, input_path) for line_no, raw in chunk]
             texts = [row["text"] for row in parsed if "error" not in row and row["text"]]
             found = iter(tagger(texts, batch_size=batch_size))
@@ -393,12 +399,21 @@ def _input_format(input_path: str | Path, input_format: str) -> str:
     if input_format != "auto":
         return input_format
     if str(input_path) == "-":
-        return "txt"
+        return SNIFF
     suffix = Path(input_path).suffix
     if suffix not in (".txt", ".jsonl"):
         raise InputError(f"{input_path}: unknown input format {suffix!r}; use .txt (one text a line) or .jsonl "
                          "(one {\"text\": ...} object a line)")
     return suffix[1:]
+
+
+def _sniff(chunk: list[tuple[int, bytes]]) -> str:
+    """jsonl when the first non-blank line parses as a JSON object, else txt."""
+    first = next((raw for _, raw in chunk if raw.strip()), b"")
+    try:
+        return "jsonl" if isinstance(json.loads(first.decode("utf-8").lstrip("\ufeff")), dict) else "txt"
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return "txt"
 
 
 @contextlib.contextmanager

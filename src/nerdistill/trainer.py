@@ -256,6 +256,8 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
     resume_from = _last_checkpoint(checkpoint_dir) if resume else None
     if resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, training from the start", checkpoint_dir)
+    elif resume_from is not None:
+        log.info("--resume: continuing from %s", resume_from)
     if not resume and checkpoint_dir.exists():
         # Checkpoints of an earlier run with other params would mix into rotation and best-model tracking.
         shutil.rmtree(checkpoint_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nerdistill.data import Phrase, read_corpus
-from nerdistill.io import InputError, write_json, write_jsonl
+from nerdistill.io import InputError, atomic_dir, write_json, write_jsonl
 from nerdistill.labels import transition_prior
 from nerdistill.predict import NerTagger
 from nerdistill.params import Params, SplitRatios
@@ -41,12 +41,14 @@ def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
                for phrase, phrase_words, tags in zip(phrases, words, teacher_tags)]
 
     splits = split_indices(len(records), settings.split, params.base.seed, corpus)
-    out_dir = Path(out_dir)
-    for name, indices in splits.items():
-        write_jsonl(out_dir / f"{name}.jsonl", (records[i] for i in indices))
-    write_json(out_dir / "label2id.json", {label: i for i, label in enumerate(labels)})
-    write_json(out_dir / "transitions.json",
-               transition_prior((records[i]["ner_tags"] for i in splits["train"]), labels))
+    # The folder is swapped in whole: a kill mid-write leaves the previous one as it was, never new
+    # splits beside old ones (which DVC would then cache as one output).
+    with atomic_dir(out_dir) as staging:
+        for name, indices in splits.items():
+            write_jsonl(staging / f"{name}.jsonl", (records[i] for i in indices))
+        write_json(staging / "label2id.json", {label: i for i, label in enumerate(labels)})
+        write_json(staging / "transitions.json",
+                   transition_prior((records[i]["ner_tags"] for i in splits["train"]), labels))
     skipped = {"blank_lines": raw.blank_lines, "duplicates": duplicates, "no_words": no_words, "too_long": len(raw.too_long),
                "too_long_fraction": raw.skipped_fraction}
     windowed = sum(len(tagger.words.windows(line)) > 1 for line in word_texts)

@@ -9,7 +9,7 @@ from transformers import set_seed
 
 from nerdistill import training
 from nerdistill.losses import phase_weights
-from nerdistill.modeling import build_student, init_transitions, load_teacher
+from nerdistill.modeling import build_student, check_against_teacher, init_transitions, load_teacher
 from nerdistill.params import Params
 from nerdistill.plots import plot_training
 
@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, components_csv: Path,
         plot_png: Path, checkpoint_dir: Path, resume: bool = False) -> dict:
+    check_against_teacher(params)
     # The emissions layer and the CRF are initialised before Trainer seeds anything.
     set_seed(params.base.seed)
     teacher, tokenizer = load_teacher(params.teacher.model_name)

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from nerdistill import training
-from nerdistill.modeling import CrfStudent, load_teacher
+from nerdistill.modeling import CrfStudent, check_against_teacher, load_teacher
 from nerdistill.params import Params
 from nerdistill.plots import plot_training
 
@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, history_csv: Path, plot_png: Path,
         checkpoint_dir: Path, resume: bool = False) -> dict:
+    check_against_teacher(params)
     teacher, tokenizer = load_teacher(params.teacher.model_name)
     student = CrfStudent.from_pretrained(model_dir)
     data = training.load_training_data(data_dir, tokenizer, params.student.max_length, params.teacher.stride)

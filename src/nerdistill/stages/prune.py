@@ -19,7 +19,7 @@ from nerdistill import pruning, training
 from nerdistill.io import atomic_dir, write_json
 from nerdistill.losses import DistillContext, distillation_loss
 from nerdistill.metrics import entity_scores
-from nerdistill.modeling import CrfStudent, load_teacher, teacher_forward
+from nerdistill.modeling import CrfStudent, check_against_teacher, load_teacher, teacher_forward
 from nerdistill.params import Params, Weights
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, importance_json: Path,
         heatmap_png: Path) -> dict:
+    check_against_teacher(params)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher, tokenizer = load_teacher(params.teacher.model_name, device)
     student = CrfStudent.from_pretrained(model_dir).to(device)
