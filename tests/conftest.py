@@ -59,7 +59,7 @@ ANNOTATED_LINES = 300
 def annotated_dir(tmp_path_factory: pytest.TempPathFactory, corpus_path: Path, demo_teacher_dir: Path) -> Path:
     """annotate.run with the demo teacher on the corpus's first 300 lines: train/val/test.jsonl,
     label2id.json (O, B/I- LOC, ORG, PER) and transitions.json, as data/annotated/ holds them."""
-    from nerdistill.params import params_from_dict
+    from nerdistill.params_reader import params_from_dict
     from nerdistill.stages import annotate
 
     work = tmp_path_factory.mktemp("annotated")

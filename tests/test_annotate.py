@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from nerdistill.data import load_split
+from nerdistill.annotated import load_split
 from nerdistill.io import InputError
-from nerdistill.params import params_from_dict
+from nerdistill.params_reader import params_from_dict
 from nerdistill.stages import annotate
 from nerdistill.text import is_valid_iob2, split_words
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from nerdistill.data import NerCollator, WordTokenizer, features, load_split
+from nerdistill.annotated import load_split
+from nerdistill.data import NerCollator, WordTokenizer, features
 from nerdistill.io import InputError
 
 LABEL2ID = {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-PER": 3, "I-PER": 4}

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nerdistill.params import ParamsError, stage_param_keys
+from nerdistill.params import ParamsError
+from nerdistill.params_reader import stage_param_keys
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
@@ -84,7 +85,7 @@ def test_stage_deps_are_the_modules_its_command_imports(stage: str) -> None:
 
 
 def test_closure_sees_function_level_and_relative_imports() -> None:
-    # gate reads nothing heavy; annotate reaches modeling through predict (the case the issue found).
+    # gate reads nothing heavy; annotate reaches modeling through tagger (the case the issue found).
     assert "nerdistill.modeling" in command_modules("annotate")
     assert "nerdistill.torch" not in command_modules("annotate")
     assert "nerdistill.stages.prune" not in command_modules("distill")

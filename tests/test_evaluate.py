@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from nerdistill.data import load_split
+from nerdistill.annotated import load_split
 from nerdistill.io import read_json
-from nerdistill.modeling import build_student, init_transitions, load_teacher
-from nerdistill.params import params_from_dict
+from nerdistill.modeling import build_student, init_transitions
+from nerdistill.teacher import load_teacher
+from nerdistill.params_reader import params_from_dict
 from nerdistill.stages import evaluate
 
 

@@ -9,14 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from nerdistill.data import load_split
+from nerdistill.annotated import load_split
 from nerdistill.export import export_onnx
 from nerdistill.io import InputError, read_json
-from nerdistill.modeling import FORBIDDEN, build_student, init_transitions, load_teacher
-from nerdistill.predict import NerTagger
+from nerdistill.modeling import FORBIDDEN, build_student, init_transitions, save_student
+from nerdistill.tagger import NerTagger
+from nerdistill.teacher import load_teacher
 from nerdistill.pruning import prune_heads
+from nerdistill.tagger import NerTagger
 from nerdistill.text import entity_spans, split_words
-from nerdistill.training import save_student
 
 HEADS_KEPT = {0: [0, 2], 1: [1], 2: [0, 1, 2, 3], 3: [1, 3]}  # uneven on purpose: 2, 1, 4, 2 heads
 

@@ -19,8 +19,9 @@ from safetensors.torch import save_file
 
 from nerdistill.cli import main
 from nerdistill.io import OutputError, atomic_dir, atomic_path
-from nerdistill.params import ParamsError, params_from_dict
-from nerdistill.predict import predict_stream
+from nerdistill.params import ParamsError
+from nerdistill.params_reader import params_from_dict
+from nerdistill.streaming import predict_stream
 
 NERDISTILL = str(Path(sys.executable).parent / "nerdistill")
 LINES = ["Marie Durand habite à Lyon.", "Paul travaille chez Renault à Paris.", "Il pleut sur Brest."]
@@ -80,6 +81,7 @@ def test_layers_beyond_the_teacher_fail_before_checkpoints_are_touched(mlflow_wo
 # --- 3: annotate writes its folder whole --------------------------------------------------------
 
 def test_interrupted_annotate_leaves_the_previous_folder_whole(tmp_path, demo_teacher_dir, monkeypatch):
+    from nerdistill import annotated
     from nerdistill.stages import annotate
 
     corpus = tmp_path / "corpus.txt"
@@ -93,18 +95,15 @@ def test_interrupted_annotate_leaves_the_previous_folder_whole(tmp_path, demo_te
     stale.mkdir()
     (stale / "train.jsonl").write_text("half")
 
-    real_write_json = annotate.write_json
-
     def dies_after_the_splits(path, obj):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(annotate, "write_json", dies_after_the_splits)
+    monkeypatch.setattr(annotated, "write_json", dies_after_the_splits)
     corpus.write_text("\n".join(f"{line} [{n}]" for n in range(10) for line in LINES) + "\n")
     with pytest.raises(KeyboardInterrupt):
         annotate.run(params, corpus, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated", "corpus.txt"]  # no temp left, stale swept
-    monkeypatch.setattr(annotate, "write_json", real_write_json)
 
 
 # --- 4: interrupts -------------------------------------------------------------------------------
@@ -149,7 +148,7 @@ def test_temp_file_of_a_killed_predict_is_swept_by_the_next(tmp_path, demo_teach
 
 @pytest.fixture(scope="module")
 def teacher_tagger(demo_teacher_dir):
-    from nerdistill.predict import NerTagger
+    from nerdistill.tagger import NerTagger
 
     return NerTagger.load(demo_teacher_dir, device="cpu")
 
@@ -220,14 +219,18 @@ def test_model_folder_without_weights_blames_the_option(tmp_path, demo_teacher_d
 # --- 8: resume says where from ------------------------------------------------------------------
 
 def test_resume_logs_the_checkpoint(random_teacher_dir, annotated_dir, tmp_path, caplog):
-    from nerdistill import training
-    from nerdistill.modeling import build_student, init_transitions, load_teacher
+    from nerdistill.annotated import AnnotatedDir
+    from nerdistill.data import load_training_data
+    from nerdistill.losses import DistillContext
+    from nerdistill.modeling import build_student, init_transitions
+    from nerdistill.trainer import train_student
+    from nerdistill.teacher import load_teacher
 
     params = params_from_dict({"student": {"num_layers": 2, "teacher_layers": [1, 2], "max_length": 128},
                                "teacher": {"max_length": 128, "stride": 32},
                                "distill": {"epochs": 1, "batch_size": 8, "layer_map": {"teacher": [2], "student": [2]}}})
     teacher, tokenizer = load_teacher(str(random_teacher_dir))
-    data = training.load_training_data(annotated_dir, tokenizer, 128, 32)
+    data = load_training_data(AnnotatedDir(annotated_dir), tokenizer, 128, 32)
     data.train, data.val = data.train[:16], data.val[:8]
 
     def fresh_student():
@@ -235,13 +238,15 @@ def test_resume_logs_the_checkpoint(random_teacher_dir, annotated_dir, tmp_path,
         init_transitions(student, data.transitions)
         return student
 
-    weights = lambda epoch: (1.0, 1.0, 0.2, 0.2)  # noqa: E731
-    training.fit(fresh_student(), teacher, data, params, training.distill_config(params), weights,
-                 tmp_path / "ckpt", resume=False)
+    def fit(resume):
+        student = fresh_student()
+        context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, "distill")
+        train_student(student, teacher, context, data, params.training("distill"), 42, tmp_path / "ckpt", resume)
+
+    fit(resume=False)
     caplog.clear()
     caplog.set_level("INFO")
-    training.fit(fresh_student(), teacher, data, params, training.distill_config(params), weights,
-                 tmp_path / "ckpt", resume=True)
+    fit(resume=True)
     assert "--resume: continuing from" in caplog.text and "checkpoint-2" in caplog.text
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from nerdistill.params import params_from_dict
+from nerdistill.params_reader import params_from_dict
+from nerdistill.results import gate_summary
 from nerdistill.stages import gate
 
 PARAMS = params_from_dict({"gate": {"max_f1_drop": 1.0, "max_agreement_drop": 3.0, "min_f1": 0.5,
@@ -132,6 +133,6 @@ def test_exit_code(decision: str, fail_on_nogo: bool, code: int) -> None:
 
 
 def test_summary_names_decision_and_checks() -> None:
-    text = gate.summary(gate.run(PARAMS, _eval(), _bench(latency=250)))
+    text = gate_summary(gate.run(PARAMS, _eval(), _bench(latency=250)))
     assert text.splitlines()[0].startswith("REVIEW")
     assert "FAIL (REVIEW)  cpu_latency_p50_ms = 250.00" in text

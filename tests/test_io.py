@@ -1,10 +1,11 @@
-"""Atomic writes: an interrupted write leaves the old file or folder untouched and no temp files."""
+"""Atomic writes: an interrupted write leaves the old file or folder untouched and no temp files; and the
+line reader every text input shares."""
 import os
 import stat
 
 import pytest
 
-from nerdistill.io import InputError, atomic_dir, read_jsonl, write_json
+from nerdistill.io import InputError, atomic_dir, numbered_lines, read_jsonl, utf8_lines, write_json
 
 
 def test_interrupted_write_keeps_the_old_file(tmp_path):
@@ -39,3 +40,23 @@ def test_read_jsonl_names_file_and_line(tmp_path):
     path.write_bytes(b'{"a": 1}\n\xff\n')
     with pytest.raises(InputError, match=r"x\.jsonl:2: not valid UTF-8"):
         list(read_jsonl(path))
+
+
+def test_numbered_lines_drops_the_bom_strips_line_ends_and_reports_bad_bytes():
+    source = [b"\xef\xbb\xbfun\r\n", b"\xef\xbb\xbfdeux\n", b"caf\xe9\r\n", b"", b"fin"]
+    assert list(numbered_lines(source)) == [
+        (1, "un", None),
+        (2, "\ufeffdeux", None),  # only line 1 may start with a byte-order mark; later it is text
+        (3, None, "not valid UTF-8 (byte 3 of the line)"),
+        (4, "", None),
+        (5, "fin", None),
+    ]
+
+
+def test_utf8_lines_reads_crlf_and_raises_on_bad_bytes_with_file_and_line(tmp_path):
+    path = tmp_path / "c.txt"
+    path.write_bytes(b"\xef\xbb\xbfun\r\ndeux\r\ncaf\xe9\r\n")
+    lines = utf8_lines(path)
+    assert [next(lines), next(lines)] == [(1, "un"), (2, "deux")]
+    with pytest.raises(InputError, match=r"c\.txt:3: not valid UTF-8 \(byte 3 of the line\); re-encode .*iconv"):
+        next(lines)

@@ -11,13 +11,17 @@ from transformers import CamembertConfig, CamembertForTokenClassification
 from nerdistill.labels import shared_space, student_labels, transition_prior
 from nerdistill.losses import (DistillContext, crf_nll, distillation_loss, hidden_loss, kd_loss, phase_weights,
                                transition_loss)
-from nerdistill.modeling import build_student, teacher_forward
+from nerdistill.params import Weights
+from nerdistill.modeling import build_student
+from nerdistill.teacher import teacher_forward
 
 TEACHER_LABELS = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}
 NAMES = student_labels(TEACHER_LABELS, ["MISC"])  # O, B-LOC, I-LOC, B-ORG, I-ORG, B-PER, I-PER
 STUDENT_LABELS = dict(enumerate(NAMES))
 PRIOR = transition_prior([["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG"]], NAMES)
 LAYER_PAIRS = [(1, 1), (2, 2)]
+
+CURRICULUM = (1, Weights(1.0, 0.5, 0.1, 0.1), Weights(1.0, 1.0, 0.2, 0.2))
 
 
 def spaces() -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,9 +148,9 @@ def test_crf_nll_treats_padding_labels_as_masked(models):
 def test_distillation_loss_is_the_weighted_sum_of_its_parts(models):
     teacher, student = models
     batch = make_batch()
-    context = DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, LAYER_PAIRS, 2.5, "cpu")
-    weights = (1.0, 0.5, 0.1, 0.2)
-    assert context.needs_hidden(weights) and not context.needs_hidden((1.0, 1.0, 0.0, 0.2))
+    context = DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, LAYER_PAIRS, 2.5, CURRICULUM, "cpu")
+    weights = Weights(1.0, 0.5, 0.1, 0.2)
+    assert context.needs_hidden(weights) and not context.needs_hidden(Weights(1.0, 1.0, 0.0, 0.2))
     teacher_logits, teacher_hidden = teacher_forward(teacher, batch, output_hidden_states=True)
     out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   word_index=batch["word_index"], word_mask=batch["word_mask"], output_hidden_states=True)
@@ -156,7 +160,7 @@ def test_distillation_loss_is_the_weighted_sum_of_its_parts(models):
     assert all(value > 0 for value in (parts.ce, parts.kd, parts.crf))
     # The student's two layers are copies of the teacher's first two: identical states so far.
     assert parts.hidden.item() == pytest.approx(0.0, abs=1e-5)
-    deeper = DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, [(4, 2)], 2.5, "cpu")
+    deeper = DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, [(4, 2)], 2.5, CURRICULUM, "cpu")
     assert distillation_loss(student, out, teacher_logits, teacher_hidden, batch, weights, deeper).hidden > 0
     parts.total.backward()
     assert student.crf.transitions.grad is not None and student.emissions.weight.grad is not None
@@ -168,8 +172,8 @@ def test_distill_context_rejects_mismatched_labels_and_layers(models):
     _, student = models
     with pytest.raises(ValueError, match="transitions.json labels"):
         DistillContext.build(student, TEACHER_LABELS, ["MISC"], {**PRIOR, "labels": NAMES[::-1]}, LAYER_PAIRS,
-                             2.5, "cpu")
+                             2.5, CURRICULUM, "cpu")
     with pytest.raises(ValueError, match="distill.layer_map"):
-        DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, [(2, 3)], 2.5, "cpu")
+        DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, [(2, 3)], 2.5, CURRICULUM, "cpu")
     with pytest.raises(ValueError):
-        DistillContext.build(student, TEACHER_LABELS, [], PRIOR, LAYER_PAIRS, 2.5, "cpu")
+        DistillContext.build(student, TEACHER_LABELS, [], PRIOR, LAYER_PAIRS, 2.5, CURRICULUM, "cpu")

@@ -95,6 +95,16 @@ def test_read_conll_formats(tmp_path: Path, text: str) -> None:
     assert read_conll(_write(tmp_path, text)) == EXPECTED
 
 
+def test_read_conll_drops_a_byte_order_mark_and_reads_crlf(tmp_path: Path) -> None:
+    # Windows editors save "UTF-8 with BOM": the mark must not stick to the first word.
+    path = tmp_path / "gold.conll"
+    path.write_bytes("\ufeffJean B-PER\r\nDupont I-PER\r\nhabite O\r\nParis B-LOC\r\n\r\n"
+                     "Le O\r\nCNRS B-ORG\r\nrecrute O\r\n".encode("utf-8"))
+    sentences = read_conll(path)
+    assert sentences[0][0][0] == "Jean"
+    assert sentences == EXPECTED
+
+
 def test_iob1_keeps_adjacent_entities_apart(tmp_path: Path) -> None:
     path = _write(tmp_path, "Paris I-LOC\nLyon B-LOC\nMarseille I-LOC\n")
     assert read_conll(path) == [(["Paris", "Lyon", "Marseille"], ["B-LOC", "B-LOC", "I-LOC"])]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nerdistill import tracking
-from nerdistill.params import params_from_dict
+from nerdistill.params_reader import params_from_dict
 
 STAGES = ("annotate", "distill", "prune", "finetune", "evaluate", "bench", "gate")
 START_TIMEOUT_S = 90

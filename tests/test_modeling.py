@@ -11,8 +11,8 @@ from transformers import (AutoModel, BertConfig, BertForTokenClassification, Cam
                           CamembertForTokenClassification)
 
 from nerdistill.labels import allowed_start, allowed_transition, student_labels, transition_prior
-from nerdistill.modeling import (CrfStudent, StudentConfig, build_student, init_transitions, load_teacher,
-                                 teacher_forward, viterbi)
+from nerdistill.modeling import CrfStudent, StudentConfig, build_student, init_transitions, viterbi
+from nerdistill.teacher import load_teacher, teacher_forward
 from nerdistill.pruning import head_counts, prune_heads
 
 TEACHER_LABELS = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}

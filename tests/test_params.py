@@ -4,7 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nerdistill.params import ParamsError, load_params, params_from_dict
+from nerdistill.params import ParamsError
+from nerdistill.params_reader import load_params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nerdistill.params import params_from_dict
+from nerdistill.params_reader import params_from_dict
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,9 @@ import torch
 from transformers import AutoTokenizer
 
 from nerdistill.io import InputError
-from nerdistill.predict import NerTagger, model_kind, predict_stream
+from nerdistill.model_folders import model_kind
+from nerdistill.streaming import predict_stream
+from nerdistill.tagger import NerTagger
 from nerdistill.text import drop_types, is_valid_iob2, split_words
 
 ENTITY_KEYS = {"text", "type", "start", "end", "token_start", "token_end", "score"}

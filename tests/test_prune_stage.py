@@ -9,10 +9,13 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
-from nerdistill import training
+from nerdistill.annotated import AnnotatedDir
+from nerdistill.data import load_training_data
 from nerdistill.io import read_json
-from nerdistill.modeling import CrfStudent, build_student, init_transitions, load_teacher
-from nerdistill.params import Params, params_from_dict
+from nerdistill.modeling import CrfStudent, build_student, init_transitions
+from nerdistill.teacher import load_teacher
+from nerdistill.params import Params
+from nerdistill.params_reader import params_from_dict
 from nerdistill.pruning import HeadGates, head_counts
 from nerdistill.stages import prune
 
@@ -53,7 +56,7 @@ def first(tmp_path_factory: pytest.TempPathFactory, student_dir: Path, annotated
 
 
 def _val_batch(data_dir: Path, model_dir: Path) -> dict[str, torch.Tensor]:
-    data = training.load_training_data(data_dir, AutoTokenizer.from_pretrained(model_dir), 64, 16)
+    data = load_training_data(AnnotatedDir(data_dir), AutoTokenizer.from_pretrained(model_dir), 64, 16)
     return next(iter(DataLoader(data.val, batch_size=8, collate_fn=data.collator)))
 
 

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel, CamembertConfig, CamembertModel
 
+from nerdistill.plots import plot_importance
 from nerdistill.pruning import (
     HeadGates,
     head_counts,
     head_importance,
     original_heads,
-    plot_importance,
     prune_heads,
     resize_heads,
     select_heads,

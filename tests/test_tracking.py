@@ -4,7 +4,7 @@ import json
 import mlflow
 
 from nerdistill import tracking
-from nerdistill.params import params_from_dict
+from nerdistill.params_reader import params_from_dict
 
 
 def _runs(filter_string=""):
@@ -114,7 +114,7 @@ RACE_SCRIPT = """
 import sys
 import mlflow
 from nerdistill import tracking
-from nerdistill.params import params_from_dict
+from nerdistill.params_reader import params_from_dict
 mlflow.set_tracking_uri(tracking.tracking_uri())
 sys.stdin.readline()  # start together
 with tracking.stage_run("gate", params_from_dict({"pruning": {"ratio": 0.4}})) as run:

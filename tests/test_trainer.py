@@ -5,10 +5,15 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from nerdistill import training
-from nerdistill.modeling import build_student, init_transitions, load_teacher
-from nerdistill.params import params_from_dict
-from nerdistill.trainer import TrainingDivergedError, epoch_history
+from nerdistill.annotated import AnnotatedDir
+from nerdistill.data import load_training_data
+from nerdistill.losses import DistillContext
+from nerdistill.modeling import build_student, init_transitions
+from nerdistill.teacher import load_teacher
+from nerdistill.params import Weights
+from nerdistill.params_reader import params_from_dict
+from nerdistill.trainer import TrainingDivergedError, train_student
+from nerdistill.training_history import epoch_history
 
 TINY = {
     "student": {"num_layers": 2, "teacher_layers": [1, 2], "max_length": 128},
@@ -22,10 +27,18 @@ def _setup(teacher_dir, data_dir, overrides=None):
     raw = {**TINY, **(overrides or {})}
     params = params_from_dict(raw)
     teacher, tokenizer = load_teacher(str(teacher_dir))
-    data = training.load_training_data(data_dir, tokenizer, params.student.max_length, params.teacher.stride)
+    data = load_training_data(AnnotatedDir(data_dir), tokenizer, params.student.max_length, params.teacher.stride)
     student = build_student(teacher, data.id2label, list(params.student.teacher_layers), 0.0, provenance={})
     init_transitions(student, data.transitions)
     return params, teacher, data, student
+
+
+def _fit(student, teacher, data, params, checkpoint_dir, weights=None):
+    context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, "distill")
+    if weights is not None:
+        context.weights = weights
+    return train_student(student, teacher, context, data, params.training("distill"), params.base.seed,
+                         checkpoint_dir, resume=False)
 
 
 def _subset(data, n_train, n_val):
@@ -37,9 +50,7 @@ def test_schedule_is_sized_in_optimizer_steps_not_batches(random_teacher_dir, an
     overrides = {"distill": {**TINY["distill"], "gradient_accumulation_steps": 3}}
     params, teacher, data, student = _setup(random_teacher_dir, annotated_dir, overrides)
     data = _subset(data, 40, 8)  # 5 batches of 8 per epoch -> ceil(5 / 3) = 2 optimizer steps per epoch
-    config = training.distill_config(params)
-    _, result = training.fit(student, teacher, data, params, config, lambda e: (1.0, 1.0, 0.2, 0.2),
-                             tmp_path / "ckpt", resume=False)
+    _, result = _fit(student, teacher, data, params, tmp_path / "ckpt")
     assert result.optimizer_steps == 2 * math.ceil(5 / 3)
     # A linear schedule sized in optimizer steps reaches zero exactly at the last one; sized in
     # batches (the seeds' bug) it would stop at 60% of the peak learning rate.
@@ -53,10 +64,9 @@ def test_curriculum_weights_follow_the_epoch(random_teacher_dir, annotated_dir, 
 
     def weights(epoch):
         seen.append(epoch)
-        return (1.0, 0.5, 0.1, 0.1) if epoch < 1 else (1.0, 1.0, 0.2, 0.2)
+        return Weights(1.0, 0.5, 0.1, 0.1) if epoch < 1 else Weights(1.0, 1.0, 0.2, 0.2)
 
-    training.fit(student, teacher, data, params, training.distill_config(params), weights,
-                 tmp_path / "ckpt", resume=False)
+    _fit(student, teacher, data, params, tmp_path / "ckpt", weights)
     assert min(seen) < 1.0 <= max(seen)
 
 
@@ -67,8 +77,7 @@ def test_nonfinite_losses_are_skipped_then_stop_training(random_teacher_dir, ann
     with torch.no_grad():
         student.emissions.weight.fill_(float("nan"))
     with pytest.raises(TrainingDivergedError, match="max_nonfinite_steps=1"):
-        training.fit(student, teacher, data, params, training.distill_config(params),
-                     lambda e: (1.0, 1.0, 0.2, 0.2), tmp_path / "ckpt", resume=False)
+        _fit(student, teacher, data, params, tmp_path / "ckpt")
 
 
 def test_epoch_history_groups_logs_by_epoch():
@@ -121,8 +130,7 @@ def test_six_layer_teacher_distils_into_four_layers(teacher6_dir, annotated_dir,
     params, teacher, data, student = _setup(teacher6_dir, annotated_dir, overrides)
     assert student.config.encoder.num_hidden_layers == 4 and student.config.encoder.hidden_size == 48
     data = _subset(data, 16, 8)
-    best, result = training.fit(student, teacher, data, params, training.distill_config(params),
-                                lambda e: (1.0, 1.0, 0.2, 0.2), tmp_path / "ckpt", resume=False)
+    best, result = _fit(student, teacher, data, params, tmp_path / "ckpt")
     assert result.epochs_run == 1 and math.isfinite(result.history[0]["hidden"])
 
 

@@ -29,21 +29,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nerdistill.predict import NerTagger, model_kind
-
-FP32, INT8, CUDA, ONNX = "cpu_fp32", "cpu_int8", "cuda_fp32", "cpu_onnx"
+from nerdistill.results import INT8
+from nerdistill.tagger import NerTagger
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".pt")
-
-
-def model_roles(models: dict[str, str]) -> tuple[str, str]:
-    """(teacher, final student) names: the teacher comes first, the final student is the last
-    student folder (an ONNX export listed after it is only a variant to measure)."""
-    names = list(models)
-    students = [name for name in names[1:] if model_kind(models[name])[0] == "student"]
-    if not students:
-        raise ValueError(f"models {names}: expected the teacher first and at least one student folder "
-                         "(--model final=models/student_final)")
-    return names[0], students[-1]
 
 
 @dataclasses.dataclass(frozen=True)

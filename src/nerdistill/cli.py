@@ -15,7 +15,9 @@ from typing import Any, Callable
 
 from nerdistill import tracking
 from nerdistill.io import InputError, check_writable, read_json
-from nerdistill.params import Params, ParamsError, load_params, stage_param_keys
+from nerdistill.params import Params, ParamsError
+from nerdistill.params_reader import load_params, stage_param_keys
+from nerdistill.results import gate_summary
 
 log = logging.getLogger("nerdistill")
 
@@ -57,9 +59,12 @@ def _tracked(args: argparse.Namespace, stage: str, params: Params, metrics_path:
 
 
 def cmd_annotate(args: argparse.Namespace, params: Params) -> int:
+    from nerdistill.annotated import AnnotatedDir
+
+    annotated = AnnotatedDir(args.out)
     run = lambda: _stage("annotate").run(params, corpus=args.corpus, out_dir=args.out)
     _tracked(args, "annotate", params, args.metrics, run,
-             artifacts=(args.out / "label2id.json", args.out / "transitions.json"))
+             artifacts=(annotated.label2id_path, annotated.transitions_path))
     return 0
 
 
@@ -111,12 +116,13 @@ def cmd_gate(args: argparse.Namespace, params: Params) -> int:
     eval_metrics, bench_metrics = read_json(args.eval), read_json(args.bench)
     result = _tracked(args, "gate", params, args.out, lambda: gate.run(params, eval_metrics, bench_metrics),
                       to_parent=True)
-    print(gate.summary(result))
+    print(gate_summary(result))
     return gate.exit_code(result, params)
 
 
 def cmd_predict(args: argparse.Namespace, params: Params | None) -> int:
-    from nerdistill.predict import NerTagger, predict_stream
+    from nerdistill.streaming import predict_stream
+    from nerdistill.tagger import NerTagger
 
     if args.output != "-":
         check_writable(args.output)  # before the model loads, not after
@@ -199,18 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", type=Path, required=True, help="head importance JSON")
     p.add_argument("--heatmap", type=Path, required=True, help="head importance PNG")
 
-    p = add("evaluate", cmd_evaluate, "seqeval strict IOB2 scores of the teacher and every student")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER", help="a student to score (repeatable)")
-    p.add_argument("--metrics", type=Path, required=True)
+    def compares_models(p: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
+        p.add_argument("--data", type=Path, required=True, help="annotate's output folder")
+        p.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
+                       help=f"a student to {verb}, after the teacher from params (repeatable)")
+        p.add_argument("--metrics", type=Path, required=True)
+        return p
+
+    p = compares_models(add("evaluate", cmd_evaluate, "seqeval strict IOB2 scores of the teacher and every student"),
+                        "score")
     p.add_argument("--per-class", type=Path, required=True)
     p.add_argument("--confusion", type=Path, required=True)
     p.add_argument("--errors", type=Path, required=True)
 
-    p = add("bench", cmd_bench, "latency, throughput, memory and size of the teacher and every student")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER", help="a student to time (repeatable)")
-    p.add_argument("--metrics", type=Path, required=True)
+    p = compares_models(add("bench", cmd_bench, "latency, throughput, memory and size of the teacher and every "
+                            "student"), "time")
     p.add_argument("--plot", type=Path, required=True)
 
     p = add("gate", cmd_gate, "GO / NO-GO from the eval and bench metrics")

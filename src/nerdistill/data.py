@@ -1,4 +1,5 @@
-"""Annotated JSONL -> word-level features, sliding windows for long lines, and the batch collator.
+"""Annotated records -> word-level features, sliding windows for long lines, the batch collator,
+the training data of a stage, and the raw corpus reader.
 
 Everything downstream works in word space: a model's sub-token outputs are read at each word's
 first sub-token (`word_index`). Lines longer than the model's `max_length` are never truncated:
@@ -15,47 +16,12 @@ from typing import Any
 
 import torch
 
-from nerdistill.io import InputError, read_json, read_jsonl, utf8_lines
-from nerdistill.text import is_valid_iob2
+from nerdistill.annotated import AnnotatedDir
+from nerdistill.io import InputError, read_jsonl, utf8_lines
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100  # label of padding, skipped by every loss
-
-
-def load_split(path: str | Path, label2id: Mapping[str, int] | None = None) -> list[dict[str, Any]]:
-    """Read an annotated split, checking every record; errors name file:line and the fix.
-
-    Each record needs `tokens` and `ner_tags`, non-empty lists of strings of equal length, with
-    IOB2 tags from `label2id` (by default the `label2id.json` written beside the split).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: split not found; run `nerdistill annotate` first")
-    if label2id is None:
-        label2id = read_json(path.parent / "label2id.json")
-    records = [_checked_record(path, line_no, record, label2id) for line_no, record in read_jsonl(path)]
-    if not records:
-        raise InputError(f"{path}: no records; annotate a larger corpus")
-    return records
-
-
-def _checked_record(path: Path, line_no: int, record: dict[str, Any],
-                    label2id: Mapping[str, int]) -> dict[str, Any]:
-    where = f"{path}:{line_no}"
-    tokens, tags = record.get("tokens"), record.get("ner_tags")
-    for key, value in (("tokens", tokens), ("ner_tags", tags)):
-        if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
-            raise InputError(f"{where}: '{key}' must be a non-empty list of strings")
-    if len(tokens) != len(tags):
-        raise InputError(f"{where}: {len(tokens)} tokens but {len(tags)} ner_tags; they must pair up one to one")
-    unknown = sorted(set(tags) - set(label2id))
-    if unknown:
-        raise InputError(f"{where}: tags {unknown} are not in label2id {sorted(label2id)}; "
-                         "re-run annotate or fix the label map")
-    if not is_valid_iob2(tags):
-        raise InputError(f"{where}: ner_tags are not valid IOB2 (an I-X must follow B-X or I-X): {tags}")
-    return record
 
 
 @dataclass(frozen=True)
@@ -215,6 +181,31 @@ def _as_list(values: Any) -> list:
 def _pad(rows: list[list], value: Any, dtype: torch.dtype) -> torch.Tensor:
     width = max((len(row) for row in rows), default=0)
     return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=dtype)
+
+
+@dataclass
+class TrainingData:
+    """What distill, prune and finetune train or score on: windowed features of the train and val
+    splits, their collator, the label map and the teacher's transition prior."""
+    train: list[dict]
+    val: list[dict]
+    collator: NerCollator
+    id2label: dict[int, str]
+    transitions: dict[str, Any]
+
+
+def load_training_data(annotated: AnnotatedDir, tokenizer: Any, max_length: int, stride: int) -> TrainingData:
+    label2id = annotated.label2id()
+    words = WordTokenizer(tokenizer, max_length, stride)
+    train = features(annotated.split("train"), words, label2id)
+    val = features(annotated.split("val"), words, label2id)
+    if not train or not val:
+        raise InputError(f"{annotated.path}: the train and val splits must both hold phrases (train {len(train)}, "
+                         f"val {len(val)}); annotate a larger corpus or change annotate.split")
+    log.info("training features: %d train, %d val windows", len(train), len(val))
+    return TrainingData(train=train, val=val, collator=NerCollator(tokenizer.pad_token_id),
+                        id2label={int(i): name for name, i in label2id.items()},
+                        transitions=annotated.transitions())
 
 
 # --- raw corpus -------------------------------------------------------------------------------

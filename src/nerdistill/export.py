@@ -28,9 +28,9 @@ from torch import nn
 from nerdistill.data import NerCollator, WordTokenizer
 from nerdistill.io import InputError, atomic_dir, write_json
 from nerdistill.labels import ordered_labels
+from nerdistill.model_folders import (CRF_FILE, ONNX_MANIFEST, load_tokenizer, model_kind, student_window,
+                                      window_length)
 from nerdistill.modeling import CrfStudent
-from nerdistill.predict import (CRF_FILE, ONNX_MANIFEST, load_tokenizer, model_kind, student_window,
-                                window_length)
 from nerdistill.text import split_words
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,13 @@
-"""Atomic file writes and line-numbered JSONL reading.
+"""Atomic file writes and line-numbered text and JSONL reading.
 
 Every output goes through a temp file (or folder) in the same folder and an os.replace, so an
 interrupted stage never leaves a half-written output that DVC would cache. A temp entry is
 removed when its block fails or is interrupted (Ctrl-C, SIGTERM); one left by a killed process
 (SIGKILL, power loss) carries that process's id and is swept by the next write of the same output.
+
+Every file read line by line (corpus, annotated splits, gold CoNLL, predict's input) goes through
+`numbered_lines`, so a byte-order mark, CRLF line ends and bytes that are not UTF-8 are handled the
+same way whichever command reads it.
 """
 from __future__ import annotations
 
@@ -192,18 +196,33 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
 
 
+# (line number, text, None), or (line number, None, what is wrong) for a line that is not UTF-8.
+NumberedLine = tuple[int, str | None, str | None]
+
+
+def numbered_lines(source: Iterable[bytes]) -> Iterator[NumberedLine]:
+    """Decode binary lines lazily, numbered from 1: the line end (`\\n` or `\\r\\n`) is stripped and a
+    byte-order mark dropped from line 1. A line that is not UTF-8 is reported, not raised, so each
+    reader decides whether it stops the input (a corpus, a gold file) or only that line (predict)."""
+    for line_no, raw in enumerate(source, start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            yield line_no, None, f"not valid UTF-8 (byte {err.start} of the line)"
+            continue
+        yield line_no, line.removeprefix("\ufeff") if line_no == 1 else line, None
+
+
 def utf8_lines(path: str | Path) -> Iterator[tuple[int, str]]:
-    """Yield (line number, text) lazily; a byte that is not UTF-8 raises with file:line and the fix.
-    A byte-order mark at the start of the file is dropped."""
+    """Yield (line number, text) lazily, as `numbered_lines` reads them; a line that is not UTF-8
+    raises with file:line and the fix."""
     path = Path(path)
     with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise InputError(f"{path}:{line_no}: not valid UTF-8 (byte {err.start} of the line); re-encode the "
-                                 f"file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name}`") from err
-            yield line_no, line.removeprefix("\ufeff") if line_no == 1 else line
+        for line_no, line, error in numbered_lines(handle):
+            if line is None:
+                raise InputError(f"{path}:{line_no}: {error}; re-encode the file as UTF-8, e.g. "
+                                 f"`iconv -f latin1 -t utf-8 {path.name}`")
+            yield line_no, line
 
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:

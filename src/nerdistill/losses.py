@@ -17,7 +17,7 @@ weighted total is formed: the Trainer (distill, finetune) and head-importance sc
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torchcrf import CRF
 
 from nerdistill import labels
 from nerdistill.modeling import CrfStudent, StudentOutput
-from nerdistill.params import Weights  # (ce, kd, hidden, crf)
+from nerdistill.params import Params, Weights
 
 
 # Probabilities are clamped before the log: the shared-space sums are exact zeros only
@@ -91,7 +91,7 @@ def transition_loss(crf: CRF, prior_start: torch.Tensor, prior_end: torch.Tensor
 
 def phase_weights(epoch: float, phase1_epochs: int, phase1: Weights, phase2: Weights) -> Weights:
     """Curriculum: `phase1` during epochs [0, phase1_epochs) (0-based, as Trainer's state.epoch), then `phase2`."""
-    return tuple(phase1) if epoch < phase1_epochs else tuple(phase2)
+    return phase1 if epoch < phase1_epochs else phase2
 
 
 @dataclass
@@ -108,6 +108,7 @@ class DistillContext:
     """What the losses need beyond the two models' outputs; built once per stage."""
 
     temperature: float
+    curriculum: tuple[int, Weights, Weights]  # (phase-1 epochs, phase-1 weights, weights after)
     layer_pairs: list[tuple[int, int]]  # (teacher layer, student layer), 1-based
     student_to_shared: torch.Tensor  # (Ls, S)
     teacher_to_shared: torch.Tensor  # (Lt, S)
@@ -117,9 +118,23 @@ class DistillContext:
     prior_transitions: torch.Tensor  # (Ls, Ls)
 
     @classmethod
+    def from_params(cls, student: CrfStudent, teacher_id2label: dict[int, str], transitions: dict[str, Any],
+                    params: Params, stage: Literal["distill", "prune", "finetune"]) -> DistillContext:
+        """The context of `stage`: distill follows its two-phase curriculum; prune scores heads and
+        finetune recovers with finetune.weights throughout."""
+        # Teacher types the student does not keep (annotate.drop_types) fold into O in the KD space.
+        dropped = set(labels.entity_types(teacher_id2label.values())) - set(
+            labels.entity_types(student.config.id2label.values()))
+        d = params.distill
+        curriculum = ((d.phase1_epochs, d.phase1_weights, d.phase2_weights) if stage == "distill"
+                      else (0, params.finetune.weights, params.finetune.weights))
+        return cls.build(student, teacher_id2label, sorted(dropped), transitions, d.layer_map.pairs(),
+                         d.temperature, curriculum, device=next(student.parameters()).device)
+
+    @classmethod
     def build(cls, student: CrfStudent, teacher_id2label: dict[int, str], dropped_types: list[str] | tuple[str, ...],
               transitions: dict[str, Any], layer_map_pairs: list[tuple[int, int]], temperature: float,
-              device: str | torch.device) -> DistillContext:
+              curriculum: tuple[int, Weights, Weights], device: str | torch.device) -> DistillContext:
         """Shared label space, transition prior and layer pairs, on `device`.
 
         The shared space has one class per entity type the student keeps plus O: the
@@ -137,7 +152,7 @@ class DistillContext:
         def tensor(value: Any) -> torch.Tensor:
             return torch.as_tensor(value, dtype=torch.float32, device=device)
 
-        return cls(temperature=temperature, layer_pairs=[(int(t), int(s)) for t, s in layer_map_pairs],
+        return cls(temperature=temperature, curriculum=curriculum, layer_pairs=[(int(t), int(s)) for t, s in layer_map_pairs],
                    student_to_shared=tensor(student_to_shared), teacher_to_shared=tensor(teacher_to_shared),
                    shared_names=list(names), prior_start=tensor(transitions["start"]),
                    prior_end=tensor(transitions["end"]), prior_transitions=tensor(transitions["transitions"]))
@@ -148,9 +163,13 @@ class DistillContext:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
+    def weights(self, epoch: float) -> Weights:
+        """The loss weights at `epoch` (0-based, fractional, as Trainer's state.epoch)."""
+        return phase_weights(epoch, *self.curriculum)
+
     def needs_hidden(self, weights: Weights) -> bool:
         """Whether both models must return hidden states for these weights."""
-        return weights[2] > 0 and bool(self.layer_pairs)
+        return weights.hidden > 0 and bool(self.layer_pairs)
 
 
 def distillation_loss(student: CrfStudent, student_out: StudentOutput, teacher_logits: torch.Tensor,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from seqeval.scheme import IOB2, Entities
 
-from nerdistill.io import InputError
+from nerdistill.io import InputError, utf8_lines
 from nerdistill.text import drop_types, iob1_to_iob2, is_valid_iob2
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 OUTSIDE = "O"
 _TAG = re.compile(r"^(O|[BI]-\S+)$")
@@ -101,7 +101,8 @@ def read_conll(path: str | Path) -> list[Sentence]:
     column and the word the first, or the second when every line of the file starts with an
     integer index and has at least three columns (WikiNEuRal's `index<TAB>word<TAB>tag`).
     Tags may be IOB1 or IOB2: IOB1-to-IOB2 conversion is the identity on valid IOB2, so
-    the file is converted whenever any sentence is not valid IOB2.
+    the file is converted whenever any sentence is not valid IOB2. Lines are read by
+    `io.utf8_lines`: a leading byte-order mark and CRLF line ends are fine, bad bytes raise.
     """
     path = Path(path)
     rows = _read_rows(path)
@@ -112,9 +113,9 @@ def read_conll(path: str | Path) -> list[Sentence]:
         raise InputError(f"{path}: no sentences found; expected one `word tag` line per word, "
                          "sentences separated by blank lines")
     if all(is_valid_iob2(tags) for _, tags in sentences):
-        logger.info("%s: %d sentences, IOB2 tags", path, len(sentences))
+        log.info("%s: %d sentences, IOB2 tags", path, len(sentences))
         return sentences
-    logger.info("%s: %d sentences, IOB1 tags converted to IOB2", path, len(sentences))
+    log.info("%s: %d sentences, IOB1 tags converted to IOB2", path, len(sentences))
     return [(words, iob1_to_iob2(tags)) for words, tags in sentences]
 
 
@@ -124,23 +125,17 @@ def _read_rows(path: Path) -> list[tuple[int, list[str] | None]]:
         raise InputError(f"{path}: gold file not found; set evaluate.gold_path to an existing CoNLL file")
     rows: list[tuple[int, list[str] | None]] = []
     width = None
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")
-            except UnicodeDecodeError as err:
-                raise InputError(f"{path}:{line_no}: not valid UTF-8 (byte {err.start}); "
-                                 "re-encode the file as UTF-8") from err
-            if not line.strip():
-                rows.append((line_no, None))
-                continue
-            cols = [col.strip() for col in line.split("\t")] if "\t" in line else line.split()
-            if cols[0] == "-DOCSTART-" or (len(cols) > 1 and cols[1] == "-DOCSTART-"):
-                rows.append((line_no, None))
-                continue
-            width = width or len(cols)
-            _check_row(path, line_no, cols, width)
-            rows.append((line_no, cols))
+    for line_no, line in utf8_lines(path):
+        if not line.strip():
+            rows.append((line_no, None))
+            continue
+        cols = [col.strip() for col in line.split("\t")] if "\t" in line else line.split()
+        if cols[0] == "-DOCSTART-" or (len(cols) > 1 and cols[1] == "-DOCSTART-"):
+            rows.append((line_no, None))
+            continue
+        width = width or len(cols)
+        _check_row(path, line_no, cols, width)
+        rows.append((line_no, cols))
     return rows
 
 

@@ -20,17 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 from torchcrf import CRF
-from transformers import (AutoConfig, AutoModel, AutoModelForTokenClassification, AutoTokenizer,
-                          PreTrainedConfig, PreTrainedModel, PreTrainedTokenizerBase)
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
+from nerdistill.io import atomic_dir, write_json
 from nerdistill.labels import allowed_start, allowed_transition
-from nerdistill.params import Params, ParamsError
+from nerdistill.params import Params
 from nerdistill.pruning import resize_heads
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Score given to IOB2-impossible moves at decoding time: low enough that Viterbi never takes
 # them while a legal path exists (O and B-X are always legal), finite so that no NaN appears.
@@ -211,7 +211,7 @@ def build_student(teacher: PreTrainedModel, id2label: dict[int, str], teacher_la
         provenance={"teacher": teacher.config.name_or_path, **provenance, "teacher_layers": list(teacher_layers)})
     student = CrfStudent(config)
     student.encoder.load_state_dict(_mapped_state(base.state_dict(), student.encoder.state_dict(), teacher_layers))
-    logger.info("student: %d layers copied from teacher layers %s of %d, %d labels", len(teacher_layers),
+    log.info("student: %d layers copied from teacher layers %s of %d, %d labels", len(teacher_layers),
                 list(teacher_layers), depth, config.num_labels)
     return student
 
@@ -258,63 +258,24 @@ def init_transitions(student: CrfStudent, prior: dict[str, Any]) -> None:
             param.copy_(value)
 
 
-def check_against_teacher(params: Params) -> None:
-    """Check every params value that depends on the teacher against its config alone (no weights:
-    seconds, not the minutes of a big teacher), before a stage writes or deletes anything."""
-    name = params.teacher.model_name
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise OSError(f"teacher.model_name = {name!r}: no usable config.json ({_first_line(err)}); point it at a "
-                      "model folder, or at a hub id with the hub reachable") from err
-    depth = config.num_hidden_layers
-    for key, layers in (("student.teacher_layers", params.student.teacher_layers),
-                        ("distill.layer_map.teacher", params.distill.layer_map.teacher)):
-        bad = [layer for layer in layers if not 1 <= layer <= depth]
-        if bad:
-            raise ParamsError(f"{key} = {list(layers)}: the teacher {name} has {depth} layers, so layers {bad} do "
-                              f"not exist; use 1-based numbers in 1..{depth}")
+def provenance(params: Params, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a saved student carries about how it was made: the teacher, the copied layers, the layer
+    map and every param of the stage that trained it last, on top of what earlier stages recorded
+    (prune's kept heads). `params` also tells a tagger the window the student was trained with."""
+    return {**(earlier or {}), "teacher": params.teacher.model_name,
+            "teacher_layers": list(params.student.teacher_layers),
+            "layer_map": params.as_dict()["distill"]["layer_map"], "params": params.flat()}
 
 
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-
-
-def load_teacher(name_or_path: str | Path, device: str | torch.device = "cpu", key: str = "teacher.model_name"
-                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A frozen token-classification teacher in eval mode, and its tokenizer; errors name `key`,
-    where the user set the path (a params key or a command-line option)."""
-    name = str(name_or_path)
-    looks_local = Path(name).is_absolute() or name.startswith((".", "~")) or Path(name).exists()
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise OSError(f"{key} = {name!r}: no such folder; point {key} at a folder "
-                      "holding config.json, the weights and the tokenizer, or at a hub id")
-    try:
-        model = AutoModelForTokenClassification.from_pretrained(name)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-    except OSError as err:
-        hint = ("Without access to the Hugging Face hub (offline box, HF_HUB_OFFLINE=1) and no cached copy, "
-                f"download the model elsewhere and point {key} at its local folder") if not looks_local else \
-            "the folder needs config.json, the weights (model.safetensors) and the tokenizer files"
-        raise OSError(f"{key} = {name!r} could not be loaded ({_first_line(err)}). {hint}") from err
-    except ValueError as err:  # e.g. a config.json without a known model_type, an empty folder
-        raise OSError(f"{key} = {name!r} is not a token-classification model transformers can load "
-                      f"({_first_line(err)}); point {key} at a model folder or hub id") from err
-    model.to(device).eval()
-    model.requires_grad_(False)
-    return model, tokenizer
-
-
-def teacher_forward(teacher: PreTrainedModel, batch: dict[str, torch.Tensor], output_hidden_states: bool
-                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-    """Teacher logits (B, W, Lt) at each word's first sub-token, and its hidden states if asked."""
-    # no_grad rather than inference_mode: the KD and hidden losses save these tensors for the
-    # student's backward pass, which inference tensors forbid.
-    with torch.no_grad():
-        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      output_hidden_states=output_hidden_states)
-    logits = gather_words(out.logits, batch["word_index"])  # (B, W, Lt)
-    return logits, (out.hidden_states if output_hidden_states else None)
+def save_student(student: CrfStudent, tokenizer: Any, out_dir: Path,
+                 extra_json: dict[str, Any] | None = None) -> None:
+    """Model, tokenizer (and `extra_json` files) side by side, swapped in whole so DVC never caches a
+    half-written folder."""
+    with atomic_dir(out_dir) as staging:
+        student.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        for name, content in (extra_json or {}).items():
+            write_json(staging / name, content)
 
 
 AutoConfig.register(StudentConfig.model_type, StudentConfig)

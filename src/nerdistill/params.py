@@ -1,31 +1,19 @@
-"""params.yaml -> frozen, validated dataclasses.
+"""The typed params: one frozen dataclass per params.yaml section, each validating its own keys.
 
-Validation happens once, here: an unknown key, a wrong type or an out-of-range value stops
-with a message naming the key and what is allowed, before any stage does work.
+Validation happens once (params_reader builds these from YAML): an out-of-range value stops with
+a message naming the key and what is allowed, before any stage does work.
 """
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 
 class ParamsError(ValueError):
     """A problem in params.yaml, with the offending key in the message."""
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `5e-05` as a float, as YAML 1.2 does. PyYAML follows YAML 1.1, where a
-    float needs a dot, so it reads `5e-05` as a string; `dvc exp run -S lr=0.00005` writes just that."""
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
-                              list("-+0123456789"))
 
 
 @dataclass(frozen=True)
@@ -114,7 +102,12 @@ class LayerMap:
         return list(zip(self.teacher, self.student))
 
 
-Weights = tuple[float, float, float, float]
+class Weights(typing.NamedTuple):
+    """Loss weights, in params.yaml as a list [ce, kd, hidden, crf]."""
+    ce: float
+    kd: float
+    hidden: float
+    crf: float
 
 
 @dataclass(frozen=True)
@@ -128,8 +121,8 @@ class DistillParams:
     max_grad_norm: float = 1.0
     temperature: float = 2.5
     phase1_epochs: int = 1
-    phase1_weights: Weights = (1.0, 0.5, 0.1, 0.1)
-    phase2_weights: Weights = (1.0, 1.0, 0.2, 0.2)
+    phase1_weights: Weights = Weights(1.0, 0.5, 0.1, 0.1)
+    phase2_weights: Weights = Weights(1.0, 1.0, 0.2, 0.2)
     layer_map: LayerMap = field(default_factory=LayerMap)
     early_stopping_patience: int = 3
     early_stopping_threshold: float = 0.001
@@ -177,7 +170,7 @@ class FinetuneParams:
     epochs: int = 2
     batch_size: int = 16
     learning_rate: float = 2e-5
-    weights: Weights = (1.0, 0.8, 0.15, 0.15)
+    weights: Weights = Weights(1.0, 0.8, 0.15, 0.15)
     max_steps: int = -1
 
     def validate(self, key: str) -> None:
@@ -255,6 +248,15 @@ class Params:
         _check(max(layer_map.student) <= self.student.num_layers, "distill.layer_map.student",
                list(layer_map.student), f"student layer numbers <= student.num_layers={self.student.num_layers}")
 
+    def training(self, stage: Literal["distill", "finetune"]) -> DistillParams:
+        """The training knobs of `stage`: distill's section, where finetune brings its own epochs,
+        batch size, learning rate and step cap (the rest is shared, so one Trainer setup serves both)."""
+        if stage == "distill":
+            return self.distill
+        f = self.finetune
+        return dataclasses.replace(self.distill, epochs=f.epochs, batch_size=f.batch_size,
+                                   learning_rate=f.learning_rate, max_steps=f.max_steps)
+
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -267,102 +269,6 @@ class Params:
         prefixes = tuple(keys)
         return {name: value for name, value in self.flat().items()
                 if any(name == key or name.startswith(f"{key}.") for key in prefixes)}
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: parameters file not found; run from the repository root or pass --params")
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from err
-    try:
-        params = _build(Params, raw, "")
-        params.validate()
-    except ParamsError as err:
-        raise ParamsError(f"{path}: {err}") from None
-    return params
-
-
-def stage_param_keys(dvc_yaml: str | Path, stage: str) -> tuple[str, ...]:
-    """The params.yaml keys `stage` declares in dvc.yaml: the one list of what a stage reads."""
-    dvc_yaml = Path(dvc_yaml)
-    try:
-        stages = yaml.safe_load(dvc_yaml.read_text(encoding="utf-8"))["stages"]
-        entries = stages[stage].get("params", [])
-    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError) as err:
-        raise ParamsError(f"{dvc_yaml}: cannot read the params of stage {stage!r} ({err!r}); run from the "
-                          "repository root, where dvc.yaml declares every stage") from err
-    keys: list[str] = []
-    for entry in entries:
-        # `- key` reads params.yaml; `- params.yaml: [keys]` names the file explicitly.
-        if isinstance(entry, str):
-            keys.append(entry)
-        elif isinstance(entry, dict) and set(entry) <= {"params.yaml"}:
-            keys.extend(key for listed in entry.values() for key in (listed or []))
-        else:
-            raise ParamsError(f"{dvc_yaml}: stage {stage!r} declares params {entry!r}; nerdistill reads "
-                              "params.yaml only, so list its keys (e.g. - distill.temperature)")
-    return tuple(keys)
-
-
-def params_from_dict(raw: dict[str, Any]) -> Params:
-    """Same validation as load_params, for params held in memory (tests, saved provenance)."""
-    params = _build(Params, raw, "")
-    params.validate()
-    return params
-
-
-def _build(cls: type, raw: Any, key: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{key or 'top level'}: expected a mapping of keys, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        where = f"{key}." if key else ""
-        raise ParamsError(f"unknown key {where}{unknown[0]}; allowed keys: {', '.join(sorted(names))}")
-    values = {name: _coerce(hints[name], raw[name], f"{key}.{name}" if key else name)
-              for name in names if name in raw}
-    return cls(**values)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if origin is Literal:
-        allowed = typing.get_args(hint)
-        if value not in allowed:
-            raise ParamsError(f"{key} = {value!r}; allowed values: {', '.join(map(str, allowed))}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"{key} = {value!r}; expected a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value))
-        if len(value) != len(args):
-            raise ParamsError(f"{key} = {value!r}; expected a list of {len(args)} values")
-        return tuple(_coerce(arg, item, f"{key}[{i}]") for i, (arg, item) in enumerate(zip(args, value)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"{key} = {value!r}; expected true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{key} = {value!r}; expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{key} = {value!r}; expected a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ParamsError(f"{key} = {value!r}; expected a string")
-        return value
-    raise TypeError(f"unsupported params type for {key}: {hint}")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -379,7 +285,7 @@ def _check_training(section: Any, key: str) -> None:
 
 
 def _check_weights(weights: Weights, key: str) -> None:
-    _check(all(w >= 0 for w in weights) and weights[0] > 0, key, list(weights),
+    _check(all(w >= 0 for w in weights) and weights.ce > 0, key, list(weights),
            "four weights [ce, kd, hidden, crf], all >= 0, ce > 0")
 
 

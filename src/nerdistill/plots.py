@@ -1,8 +1,11 @@
-"""Training curves as PNG: DVC declares them as image plots, since vega HTML needs a CDN offline."""
+"""Every PNG the stages write (training curves, head importance, confusion, latency): DVC declares
+them as image plots, since vega HTML needs a CDN that offline boxes lack."""
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib
 
@@ -10,6 +13,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from nerdistill.io import save_figure  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 COMPONENT_NAMES = ("ce", "kd", "hidden", "crf")
 
@@ -31,4 +37,53 @@ def plot_training(rows: Sequence[dict[str, float]], path: str | Path, title: str
     comp_ax.set(title="train loss components (unweighted)", xlabel="epoch", yscale="log")
     comp_ax.legend()
     fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_importance(importance: torch.Tensor, keep: Mapping[int, list[int]], path: str | Path) -> None:
+    """Heatmap of head importance (layers x heads); pruned heads crossed out."""
+    layers, heads = importance.shape
+    fig, ax = plt.subplots(figsize=(3.0 + 0.5 * heads, 1.5 + 0.4 * layers))
+    image = ax.imshow(importance.numpy(), cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label="importance (L2-normalised per layer)")
+    for layer in range(layers):
+        for head in range(heads):
+            if not math.isnan(float(importance[layer, head])) and head not in keep.get(layer, range(heads)):
+                ax.scatter(head, layer, marker="x", s=120, c="red", linewidths=2)
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(layers))
+    ax.set_xlabel("head (index in the model pruned)")
+    ax.set_ylabel("layer (0-based)")
+    ax.set_title("Attention head importance (x = pruned)")
+    save_figure(fig, path)
+
+
+def plot_confusion(types: list[str], matrix: list[list[int]], path: Path, title: str) -> None:
+    """Counts in the cells, colour = share of the reference row, so rare types stay readable."""
+    shares = [[count / max(1, sum(row)) for count in row] for row in matrix]
+    fig, ax = plt.subplots(figsize=(1.2 * len(types) + 2, 1.1 * len(types) + 1.5))
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i][j] > 0.5 else "black")
+    ax.set(xticks=range(len(types)), xticklabels=types, yticks=range(len(types)), yticklabels=types,
+           xlabel="predicted type", ylabel="reference type", title=title)
+    save_figure(fig, path)
+
+
+def plot_latency(results: dict, path: Path, metrics: dict) -> None:
+    """p50 bars with p95 whiskers, per model variant, for the document and the median phrase."""
+    rows = [(f"{name} {variant}", figures) for name, model in results.items()
+            for variant, figures in model["variants"].items()]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 2), sharey=True)
+    titles = {"doc": f"document (~{metrics['doc_subtokens']} sub-tokens)",
+              "phrase": f"median phrase ({metrics['phrase_words']} words)"}
+    for ax, (workload, title) in zip(axes, titles.items()):
+        p50 = [figures[f"{workload}_p50_ms"] for _, figures in rows]
+        p95 = [figures[f"{workload}_p95_ms"] for _, figures in rows]
+        ax.barh(range(len(rows)), p50, xerr=[[0] * len(rows), [b - a for a, b in zip(p50, p95)]], capsize=3)
+        ax.set(title=f"{title}, batch 1", xlabel="latency ms (bar p50, whisker p95)",
+               yticks=range(len(rows)), yticklabels=[label for label, _ in rows])
+    axes[0].invert_yaxis()  # models top to bottom in the order given, the teacher first
+    fig.suptitle(f"{metrics['threads']} CPU threads; {metrics['repeats']} interleaved rounds")
     save_figure(fig, path)

@@ -32,9 +32,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from nerdistill.io import save_figure
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 Scope = Literal["per_layer", "global"]
 ROUNDING_RULE = "removed = floor(ratio * heads + 1e-9), heads counted per layer (per_layer) or in total (global)"
@@ -214,7 +213,7 @@ def head_importance(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
     finally:
         model.train(was_training)
     if used < num_batches:
-        logger.warning("head importance: only %d batches available, %d requested", used, num_batches)
+        log.warning("head importance: only %d batches available, %d requested", used, num_batches)
     if used == 0:
         raise ValueError("head importance needs at least one batch; the data set is empty")
     return _normalise_per_layer(total.detach().cpu(), counts)
@@ -280,26 +279,6 @@ def _spare_emptied_layers(importance: torch.Tensor, present: list[list[int]],
             best = max(heads, key=lambda head: (float(importance[layer, head]), -head))
             removed[layer].remove(best)
             spared.append(layer)
-            logger.warning("pruning would remove every head of layer %d; keeping its most important head %d",
+            log.warning("pruning would remove every head of layer %d; keeping its most important head %d",
                            layer, best)
     return spared
-
-
-def plot_importance(importance: torch.Tensor, keep: Mapping[int, list[int]], path: str | Path) -> None:
-    """Heatmap of head importance (layers x heads); pruned heads crossed out."""
-    import matplotlib.pyplot as plt
-
-    layers, heads = importance.shape
-    fig, ax = plt.subplots(figsize=(3.0 + 0.5 * heads, 1.5 + 0.4 * layers))
-    image = ax.imshow(importance.numpy(), cmap="viridis", aspect="auto")
-    fig.colorbar(image, ax=ax, label="importance (L2-normalised per layer)")
-    for layer in range(layers):
-        for head in range(heads):
-            if not math.isnan(float(importance[layer, head])) and head not in keep.get(layer, range(heads)):
-                ax.scatter(head, layer, marker="x", s=120, c="red", linewidths=2)
-    ax.set_xticks(range(heads))
-    ax.set_yticks(range(layers))
-    ax.set_xlabel("head (index in the model pruned)")
-    ax.set_ylabel("layer (0-based)")
-    ax.set_title("Attention head importance (x = pruned)")
-    save_figure(fig, path)

@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from nerdistill.io import InputError, write_text
+from nerdistill.results import AGREEMENT, FINAL, FP32, GOLD, INT8, drop_path, f1_path, gate_summary, ratio_path, \
+    variant_path
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PARAMS_FILE = "params.yaml"
 EVAL, BENCH, GATE, PRUNE = "metrics/eval.json", "metrics/bench.json", "metrics/gate.json", "metrics/prune.json"
-FINAL = "{final}"  # stands for the final student's name (eval.json / bench.json "final") in a column path
 
 
 @dataclass(frozen=True)
@@ -43,17 +44,17 @@ PARAM_COLUMNS = (
     Column("finetune.epochs", PARAMS_FILE, ("finetune", "epochs")),
 )
 METRIC_COLUMNS = (
-    Column("agreement F1", EVAL, ("agreement", FINAL, "f1"), "{:.4f}"),
-    Column("gold F1", EVAL, ("gold", FINAL, "f1"), "{:.4f}"),
-    Column("F1 drop (pts, agreement)", EVAL, ("f1_drop_points", "agreement", FINAL), "{:.2f}"),
-    Column("F1 drop (pts, gold)", EVAL, ("f1_drop_points", "gold", FINAL), "{:.2f}"),
+    Column("agreement F1", EVAL, f1_path(AGREEMENT), "{:.4f}"),
+    Column("gold F1", EVAL, f1_path(GOLD), "{:.4f}"),
+    Column("F1 drop (pts, agreement)", EVAL, drop_path(AGREEMENT), "{:.2f}"),
+    Column("F1 drop (pts, gold)", EVAL, drop_path(GOLD), "{:.2f}"),
     Column("heads removed", PRUNE, ("heads_removed",)),
-    Column("p50 fp32 (ms)", BENCH, ("models", FINAL, "variants", "cpu_fp32", "doc_p50_ms"), "{:.1f}"),
-    Column("p50 int8 (ms)", BENCH, ("models", FINAL, "variants", "cpu_int8", "doc_p50_ms"), "{:.1f}"),
-    Column("latency ratio fp32", BENCH, ("ratios", "doc_p50_ms"), "{:.3f}"),
-    Column("latency ratio int8", BENCH, ("ratios", "int8_doc_p50_ms"), "{:.3f}"),
-    Column("params ratio", BENCH, ("ratios", "parameters"), "{:.3f}"),
-    Column("bytes ratio", BENCH, ("ratios", "disk_bytes"), "{:.3f}"),
+    Column("p50 fp32 (ms)", BENCH, variant_path(FP32, "doc_p50_ms"), "{:.1f}"),
+    Column("p50 int8 (ms)", BENCH, variant_path(INT8, "doc_p50_ms"), "{:.1f}"),
+    Column("latency ratio fp32", BENCH, ratio_path("doc_p50_ms"), "{:.3f}"),
+    Column("latency ratio int8", BENCH, ratio_path("int8_doc_p50_ms"), "{:.3f}"),
+    Column("params ratio", BENCH, ratio_path("parameters"), "{:.3f}"),
+    Column("bytes ratio", BENCH, ratio_path("disk_bytes"), "{:.3f}"),
     Column("gate", GATE, ("decision",)),
     Column("gate variant", GATE, ("variant",)),
 )
@@ -77,7 +78,7 @@ def write_report(repo_dir: str | Path, out_path: str | Path, experiments: list[s
     repo_dir, out_path = Path(repo_dir), Path(out_path)
     rows = _select(collect_rows(repo_dir), experiments)
     write_text(out_path, render(rows, _workspace_images(repo_dir), _workspace_gate(repo_dir)))
-    logger.info("report: %d rows, written to %s", len(rows), out_path)
+    log.info("report: %d rows, written to %s", len(rows), out_path)
     return out_path
 
 
@@ -153,13 +154,11 @@ def _workspace_images(repo_dir: Path) -> list[tuple[str, str]]:
 
 
 def _workspace_gate(repo_dir: Path) -> str:
-    from nerdistill.stages.gate import summary
-
     path = repo_dir / GATE
     if not path.exists():
         return ""
     try:
-        return summary(json.loads(path.read_text(encoding="utf-8")))
+        return gate_summary(json.loads(path.read_text(encoding="utf-8")))
     except (KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path}: not a gate result ({err}); re-run `dvc repro gate`") from None
 

@@ -30,7 +30,8 @@ from typing import Any, Iterable, Iterator
 import yaml
 
 from nerdistill.io import write_json
-from nerdistill.params import Params, ParamsError, params_from_dict
+from nerdistill.params import Params, ParamsError
+from nerdistill.params_reader import params_from_dict
 
 log = logging.getLogger(__name__)
 

@@ -1,89 +1,41 @@
-"""The one transformers.Trainer subclass, shared by distill and finetune.
+"""The one transformers.Trainer subclass: distill and finetune train with it, prune scores with it.
 
 Trainer brings gradient accumulation with a schedule sized in optimizer steps, warmup, mixed
 precision, multi-GPU (torchrun / accelerate launch), early stopping, checkpoint rotation and
-resumption. This module only adds what is ours: the teacher forward (no grad) in the same batch, the four
-losses with their curriculum weights, a non-finite loss guard, CRF decoding for validation F1,
-and per-epoch history for DVC plots.
+resumption. This module only adds what is ours: the teacher forward (no grad) in the same batch,
+the four losses with their curriculum weights, a non-finite loss guard and CRF decoding for
+validation F1 (training_history turns its logs into what a stage writes).
 """
 from __future__ import annotations
 
 import logging
 import math
 import shutil
+import tempfile
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
-from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers import (EarlyStoppingCallback, EvalPrediction, PreTrainedModel, Trainer, TrainerCallback,
+                          TrainingArguments)
 
 from nerdistill import tracking
+from nerdistill.data import TrainingData
 from nerdistill.losses import DistillContext, distillation_loss
 from nerdistill.metrics import entity_scores
-from nerdistill.modeling import CrfStudent, teacher_forward
-from nerdistill.params import Weights
+from nerdistill.modeling import CrfStudent, save_student
+from nerdistill.params import DistillParams, Params
+from nerdistill.teacher import teacher_forward
+from nerdistill.training_history import COMPONENTS, TrainResult, epoch_history
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("ce", "kd", "hidden", "crf")
 
 
 class TrainingDivergedError(RuntimeError):
     """Too many optimizer steps had a NaN/inf loss."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The training knobs distill and finetune share, resolved from their params sections."""
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    gradient_accumulation_steps: int
-    weight_decay: float
-    warmup_ratio: float
-    max_grad_norm: float
-    early_stopping_patience: int
-    early_stopping_threshold: float
-    save_total_limit: int
-    max_nonfinite_steps: int
-    max_steps: int
-    precision: str
-    seed: int
-
-
-def epoch_history(log_history: list[dict[str, Any]]) -> list[dict[str, float]]:
-    """Per-epoch rows from Trainer's log history (restored from checkpoints, so a resumed run
-    keeps its earlier epochs): means of the logged training losses, the validation figures, last lr."""
-    train: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    last_lr: dict[int, float] = {}
-    val: dict[int, dict[str, float]] = {}
-    for entry in log_history:
-        if "epoch" not in entry:
-            continue
-        if "eval_loss" in entry:
-            val[max(1, round(entry["epoch"]))] = {
-                "val_loss": entry["eval_loss"], "val_f1": entry.get("eval_f1", float("nan")),
-                "val_precision": entry.get("eval_precision", float("nan")),
-                "val_recall": entry.get("eval_recall", float("nan"))}
-        elif "loss" in entry:
-            # A log at fractional epoch 0.4 belongs to epoch 1; one at exactly 1.0 closes epoch 1.
-            epoch = max(1, math.ceil(entry["epoch"] - 1e-9))
-            train[epoch]["total"].append(entry["loss"])
-            for name in COMPONENTS:
-                if f"loss_{name}" in entry:
-                    train[epoch][name].append(entry[f"loss_{name}"])
-            if "learning_rate" in entry:
-                last_lr[epoch] = entry["learning_rate"]
-    rows = []
-    for epoch in sorted(val):
-        means = {name: float(np.mean(values)) for name, values in train.get(epoch, {}).items()}
-        rows.append({"epoch": epoch, "train_loss": means.get("total", float("nan")),
-                     **{name: means.get(name, float("nan")) for name in COMPONENTS},
-                     **val[epoch], "lr": last_lr.get(epoch, float("nan"))})
-    return rows
 
 
 def precision_flags(precision: str) -> dict[str, bool]:
@@ -98,51 +50,52 @@ def precision_flags(precision: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def training_arguments(config: TrainConfig, output_dir: Path, logging_steps: int = 10) -> TrainingArguments:
+def training_arguments(settings: DistillParams, seed: int, output_dir: Path, logging_steps: int = 10
+                       ) -> TrainingArguments:
+    """`settings` is a stage's view of the training params (Params.training)."""
     return TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        warmup_steps=config.warmup_ratio,  # a float < 1 is a fraction of the optimizer steps
-        max_grad_norm=config.max_grad_norm,
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a fraction of the optimizer steps
+        max_grad_norm=settings.max_grad_norm,
         lr_scheduler_type="linear",
         eval_strategy="epoch",
         save_strategy="epoch",
         logging_strategy="steps",
         logging_steps=logging_steps,
         logging_first_step=True,
-        save_total_limit=config.save_total_limit,
+        save_total_limit=settings.save_total_limit,
         load_best_model_at_end=True,
         metric_for_best_model="f1",
         greater_is_better=True,
-        seed=config.seed,
-        data_seed=config.seed,
+        seed=seed,
+        data_seed=seed,
         remove_unused_columns=False,
         label_names=["labels"],
         report_to=[],
         disable_tqdm=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
-        **precision_flags(config.precision),
+        **precision_flags(settings.precision),
     )
 
 
 class DistillTrainer(Trainer):
     """Trainer whose loss is the weighted sum of CE, KD, hidden and CRF losses against a frozen teacher."""
 
-    def __init__(self, *args: Any, teacher: torch.nn.Module, context: DistillContext,
-                 weights_for_epoch: Callable[[float], Weights], max_nonfinite_steps: int, **kwargs: Any):
+    def __init__(self, *args: Any, teacher: torch.nn.Module, context: DistillContext, max_nonfinite_steps: int,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
         # The loss is already a per-batch mean; let Trainer divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.teacher = teacher.to(self.args.device).eval()
         self.context = context
-        self.weights_for_epoch = weights_for_epoch
         self.max_nonfinite_steps = max_nonfinite_steps
         self.nonfinite_steps = 0
         self._since_log: dict[str, list[float]] = defaultdict(list)
@@ -150,7 +103,7 @@ class DistillTrainer(Trainer):
     def compute_loss(self, model: CrfStudent, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         # Training and evaluation use the weights of the epoch being trained, so val loss is comparable.
-        weights = self.weights_for_epoch(self.state.epoch or 0.0)
+        weights = self.context.weights(self.state.epoch or 0.0)
         need_hidden = self.context.needs_hidden(weights)
         teacher_logits, teacher_hidden = teacher_forward(self.teacher, inputs, output_hidden_states=need_hidden)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
@@ -224,35 +177,19 @@ def seqeval_metrics(id2label: dict[int, str]) -> Callable[[EvalPrediction], dict
     return compute
 
 
-@dataclass
-class TrainResult:
-    best_epoch: int
-    best_val_f1: float
-    best_val_loss: float
-    train_runtime: float
-    train_samples_per_second: float
-    nonfinite_steps: int
-    epochs_run: int
-    optimizer_steps: int
-    final_learning_rate: float
-    history: list[dict[str, float]]
-
-
-def train_student(student: CrfStudent, teacher: torch.nn.Module, context: DistillContext,
-                  train_features: list[dict], val_features: list[dict], collator: Callable,
-                  config: TrainConfig, weights_for_epoch: Callable[[float], Weights],
-                  checkpoint_dir: Path, resume: bool) -> tuple[CrfStudent, TrainResult]:
+def train_student(student: CrfStudent, teacher: torch.nn.Module, context: DistillContext, data: TrainingData,
+                  settings: DistillParams, seed: int, checkpoint_dir: Path, resume: bool
+                  ) -> tuple[CrfStudent, TrainResult]:
     """Train with early stopping on val F1; returns the best model (loaded back by Trainer)."""
-    steps_per_epoch = math.ceil(len(train_features) / (config.batch_size * config.gradient_accumulation_steps))
+    steps_per_epoch = math.ceil(len(data.train) / (settings.batch_size * settings.gradient_accumulation_steps))
     trainer = DistillTrainer(
-        model=student, args=training_arguments(config, checkpoint_dir, logging_steps=max(1, min(50, steps_per_epoch // 4))),
-        train_dataset=train_features,
-        eval_dataset=val_features, data_collator=collator,
+        model=student, args=training_arguments(settings, seed, checkpoint_dir,
+                                               logging_steps=max(1, min(50, steps_per_epoch // 4))),
+        train_dataset=data.train, eval_dataset=data.val, data_collator=data.collator,
         compute_metrics=seqeval_metrics(student.config.id2label),
-        callbacks=[EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold),
+        callbacks=[EarlyStoppingCallback(settings.early_stopping_patience, settings.early_stopping_threshold),
                    MlflowStepCallback()],
-        teacher=teacher, context=context, weights_for_epoch=weights_for_epoch,
-        max_nonfinite_steps=config.max_nonfinite_steps)
+        teacher=teacher, context=context, max_nonfinite_steps=settings.max_nonfinite_steps)
     resume_from = _last_checkpoint(checkpoint_dir) if resume else None
     if resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, training from the start", checkpoint_dir)
@@ -272,6 +209,38 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
         optimizer_steps=trainer.state.global_step, final_learning_rate=trainer.lr_scheduler.get_last_lr()[0],
         history=history)
     return trainer.model, result
+
+
+def train_stage(params: Params, stage: Literal["distill", "finetune"], student: CrfStudent,
+                teacher: PreTrainedModel, tokenizer: Any, data: TrainingData, checkpoint_dir: Path, resume: bool,
+                out_dir: Path) -> TrainResult:
+    """Train `student` with the stage's loss curriculum and training knobs, save the best one."""
+    context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, stage)
+    best, result = train_student(student, teacher, context, data, params.training(stage), params.base.seed,
+                                 checkpoint_dir, resume)
+    save_student(best, tokenizer, out_dir)
+    return result
+
+
+class Scorer:
+    """The Trainer's own loss and validation F1 on a model that is not being trained (prune scores
+    heads with the first and checks the pruned model with the second)."""
+
+    def __init__(self, student: CrfStudent, teacher: torch.nn.Module, context: DistillContext, data: TrainingData,
+                 batch_size: int, seed: int) -> None:
+        self._scratch = tempfile.TemporaryDirectory(prefix="nerdistill-scorer-")
+        settings = DistillParams(batch_size=batch_size, precision="fp32")
+        self.trainer = DistillTrainer(
+            model=student, args=training_arguments(settings, seed, Path(self._scratch.name)),
+            eval_dataset=data.val, data_collator=data.collator,
+            compute_metrics=seqeval_metrics(student.config.id2label),
+            teacher=teacher, context=context, max_nonfinite_steps=0)
+
+    def loss(self, model: CrfStudent, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.trainer.compute_loss(model, batch)
+
+    def val_f1(self) -> float:
+        return float(self.trainer.evaluate()["eval_f1"])
 
 
 def _last_checkpoint(checkpoint_dir: Path) -> str | None:

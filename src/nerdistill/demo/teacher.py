@@ -23,7 +23,7 @@ from nerdistill.io import atomic_dir, write_json, write_text
 from nerdistill.metrics import entity_scores
 from nerdistill.text import io_to_iob2, split_words
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # The real teacher's id2label, in its order.
 TEACHER_LABELS = ("O", "I-LOC", "I-PER", "I-MISC", "I-ORG")
@@ -49,7 +49,7 @@ def train_tokenizer(corpus_path: str | Path, out_dir: str | Path, vocab_size: in
         (tmp / "sentencepiece.bpe.vocab").unlink()
         tokenizer = CamembertTokenizer.from_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    logger.info("trained a %d-token SentencePiece tokenizer on %s", len(tokenizer), corpus_path)
+    log.info("trained a %d-token SentencePiece tokenizer on %s", len(tokenizer), corpus_path)
     return out_dir
 
 
@@ -197,7 +197,7 @@ def build_demo_teacher(out_dir: str | Path, seed: int = 0, num_phrases: int = 30
             "seed": seed, "train_phrases": num_phrases, "steps": steps, "eval_phrases": eval_phrases,
             "eval_f1": scores["f1"], "eval_precision": scores["precision"], "eval_recall": scores["recall"],
             "eval_per_type_f1": {name: row["f1"] for name, row in scores["per_type"].items()}})
-    logger.info("demo teacher saved to %s: held-out strict IOB2 F1 %.3f (P %.3f, R %.3f)",
+    log.info("demo teacher saved to %s: held-out strict IOB2 F1 %.3f (P %.3f, R %.3f)",
                 out_dir, scores["f1"], scores["precision"], scores["recall"])
     return Path(out_dir)
 

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from nerdistill.data import Phrase, read_corpus
-from nerdistill.io import InputError, atomic_dir, write_json, write_jsonl
+from nerdistill.annotated import SPLITS, AnnotatedDir
+from nerdistill.io import InputError, atomic_dir
 from nerdistill.labels import transition_prior
-from nerdistill.predict import NerTagger
 from nerdistill.params import Params, SplitRatios
+from nerdistill.tagger import NerTagger
 from nerdistill.text import Word, entity_spans, is_valid_iob2, split_words
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 
 
 def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
@@ -44,11 +44,10 @@ def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
     # The folder is swapped in whole: a kill mid-write leaves the previous one as it was, never new
     # splits beside old ones (which DVC would then cache as one output).
     with atomic_dir(out_dir) as staging:
-        for name, indices in splits.items():
-            write_jsonl(staging / f"{name}.jsonl", (records[i] for i in indices))
-        write_json(staging / "label2id.json", {label: i for i, label in enumerate(labels)})
-        write_json(staging / "transitions.json",
-                   transition_prior((records[i]["ner_tags"] for i in splits["train"]), labels))
+        AnnotatedDir(staging).write({name: (records[i] for i in indices) for name, indices in splits.items()},
+                                    label2id={label: i for i, label in enumerate(labels)},
+                                    transitions=transition_prior((records[i]["ner_tags"] for i in splits["train"]),
+                                                                 labels))
     skipped = {"blank_lines": raw.blank_lines, "duplicates": duplicates, "no_words": no_words, "too_long": len(raw.too_long),
                "too_long_fraction": raw.skipped_fraction}
     windowed = sum(len(tagger.words.windows(line)) > 1 for line in word_texts)

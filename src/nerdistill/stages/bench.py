@@ -20,14 +20,15 @@ import torch
 from tqdm import tqdm
 
 from nerdistill import benchmark as bm
-from nerdistill.data import load_split
-from nerdistill.io import read_json, save_figure
-from nerdistill.labels import entity_types
+from nerdistill.annotated import AnnotatedDir
 from nerdistill.metrics import entity_scores, restrict_types
 from nerdistill.params import BenchParams, Params, TeacherParams
-from nerdistill.predict import NerTagger, load_tagger
+from nerdistill.model_folders import model_roles
+from nerdistill.plots import plot_latency
+from nerdistill.results import CUDA, FP32, INT8, ONNX
+from nerdistill.tagger import NerTagger, load_tagger
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 WORKLOADS = ("doc", "phrase", "batch")
 Key = tuple[str, str]  # (model name, variant)
@@ -44,16 +45,17 @@ def run(params: Params, data_dir: Path, models: dict[str, str], latency_png: Pat
 
 def _bench(bench: BenchParams, teacher_params: TeacherParams, data_dir: Path, models: dict[str, str],
            latency_png: Path) -> dict:
-    teacher, final = bm.model_roles(models)
-    test = load_split(data_dir / "test.jsonl")
+    annotated = AnnotatedDir(data_dir)
+    teacher, final = model_roles(models)
+    test = annotated.split("test")
     sentences, reference = [r["tokens"] for r in test], [r["ner_tags"] for r in test]
-    kept_types = set(entity_types(read_json(data_dir / "label2id.json")))
+    kept_types = annotated.kept_types()
 
     taggers = {name: load_tagger(path, teacher_params, "cpu", bench.threads) for name, path in models.items()}
     variants = _variants(bench, teacher_params, models, taggers, teacher, final)
     tokenizer = taggers[teacher].words.tokenizer
     workloads = bm.build_workloads(sentences, tokenizer, bench.doc_tokens, bench.batch_size)
-    memory = bm.peak_memory({key: (models[key[0]], taggers[key[0]].window) for key in variants if key[1] != bm.CUDA},
+    memory = bm.peak_memory({key: (models[key[0]], taggers[key[0]].window) for key in variants if key[1] != CUDA},
                             workloads, bench.threads, bench.batch_size)
     samples = _interleaved(variants, workloads, bench)
 
@@ -62,7 +64,7 @@ def _bench(bench: BenchParams, teacher_params: TeacherParams, data_dir: Path, mo
                      for name, tagger in taggers.items()}
     for key, tagger in variants.items():
         figures = _figures(samples[key], bench.batch_size) | memory.get(key, {})
-        if key[1] in (bm.INT8, bm.ONNX):
+        if key[1] in (INT8, ONNX):
             figures |= _quality(tagger, sentences, reference, kept_types, bench.batch_size)
         results[key[0]]["variants"][key[1]] = figures
     metrics = {
@@ -82,18 +84,18 @@ def _bench(bench: BenchParams, teacher_params: TeacherParams, data_dir: Path, mo
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "models": results, "ratios": _ratios(results, teacher, final),
     }
-    _plot(results, latency_png, metrics)
-    logger.info("bench ratios %s / %s: %s", final, teacher, metrics["ratios"])
+    plot_latency(results, latency_png, metrics)
+    log.info("bench ratios %s / %s: %s", final, teacher, metrics["ratios"])
     return metrics
 
 
 def _variants(bench: BenchParams, teacher_params: TeacherParams, models: dict[str, str],
               taggers: dict[str, NerTagger], teacher: str, final: str) -> dict[Key, NerTagger]:
-    variants = {(name, bm.ONNX if tagger.kind == "onnx" else bm.FP32): tagger for name, tagger in taggers.items()}
+    variants = {(name, ONNX if tagger.kind == "onnx" else FP32): tagger for name, tagger in taggers.items()}
     if bench.int8:
-        variants |= {(name, bm.INT8): bm.quantized(taggers[name]) for name in (teacher, final)}
+        variants |= {(name, INT8): bm.quantized(taggers[name]) for name in (teacher, final)}
     if torch.cuda.is_available():
-        variants |= {(name, bm.CUDA): load_tagger(path, teacher_params, "cuda") for name, path in models.items()
+        variants |= {(name, CUDA): load_tagger(path, teacher_params, "cuda") for name, path in models.items()
                      if taggers[name].kind != "onnx"}
     return variants
 
@@ -132,32 +134,9 @@ def _ratios(results: dict, teacher: str, final: str) -> dict[str, float]:
     student, base = results[final], results[teacher]
     pairs = {key: (student[key], base[key]) for key in ("parameters", "disk_bytes")}
     for key in ("doc_p50_ms", "phrase_p50_ms", "throughput_phrases_s", "peak_rss_mb", "model_rss_mb"):
-        pairs[key] = student["variants"][bm.FP32][key], base["variants"][bm.FP32][key]
-    if bm.INT8 in student["variants"]:
-        int8_doc = student["variants"][bm.INT8]["doc_p50_ms"]
-        pairs["int8_doc_p50_ms"] = int8_doc, base["variants"][bm.INT8]["doc_p50_ms"]
-        pairs["final_int8_vs_teacher_fp32_doc_p50_ms"] = int8_doc, base["variants"][bm.FP32]["doc_p50_ms"]
+        pairs[key] = student["variants"][FP32][key], base["variants"][FP32][key]
+    if INT8 in student["variants"]:
+        int8_doc = student["variants"][INT8]["doc_p50_ms"]
+        pairs["int8_doc_p50_ms"] = int8_doc, base["variants"][INT8]["doc_p50_ms"]
+        pairs["final_int8_vs_teacher_fp32_doc_p50_ms"] = int8_doc, base["variants"][FP32]["doc_p50_ms"]
     return {key: ours / theirs for key, (ours, theirs) in pairs.items() if ours is not None and theirs}
-
-
-def _plot(results: dict, path: Path, metrics: dict) -> None:
-    """p50 bars with p95 whiskers, per model variant, for the document and the median phrase."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [(f"{name} {variant}", figures) for name, model in results.items()
-            for variant, figures in model["variants"].items()]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 2), sharey=True)
-    titles = {"doc": f"document (~{metrics['doc_subtokens']} sub-tokens)",
-              "phrase": f"median phrase ({metrics['phrase_words']} words)"}
-    for ax, (workload, title) in zip(axes, titles.items()):
-        p50 = [figures[f"{workload}_p50_ms"] for _, figures in rows]
-        p95 = [figures[f"{workload}_p95_ms"] for _, figures in rows]
-        ax.barh(range(len(rows)), p50, xerr=[[0] * len(rows), [b - a for a, b in zip(p50, p95)]], capsize=3)
-        ax.set(title=f"{title}, batch 1", xlabel="latency ms (bar p50, whisker p95)",
-               yticks=range(len(rows)), yticklabels=[label for label, _ in rows])
-    axes[0].invert_yaxis()  # models top to bottom in the order given, the teacher first
-    fig.suptitle(f"{metrics['threads']} CPU threads; {metrics['repeats']} interleaved rounds")
-    save_figure(fig, path)

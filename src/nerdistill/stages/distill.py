@@ -1,19 +1,17 @@
 """distill: build the CRF student from the teacher and train it with four-loss Patient KD."""
 from __future__ import annotations
 
-import logging
-from functools import partial
 from pathlib import Path
 
 from transformers import set_seed
 
-from nerdistill import training
-from nerdistill.losses import phase_weights
-from nerdistill.modeling import build_student, check_against_teacher, init_transitions, load_teacher
+from nerdistill.annotated import AnnotatedDir
+from nerdistill.data import load_training_data
+from nerdistill.modeling import build_student, init_transitions, provenance
 from nerdistill.params import Params
 from nerdistill.plots import plot_training
-
-log = logging.getLogger(__name__)
+from nerdistill.teacher import check_against_teacher, load_teacher
+from nerdistill.trainer import train_stage
 
 
 def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, components_csv: Path,
@@ -22,18 +20,12 @@ def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, compon
     # The emissions layer and the CRF are initialised before Trainer seeds anything.
     set_seed(params.base.seed)
     teacher, tokenizer = load_teacher(params.teacher.model_name)
-    data = training.load_training_data(data_dir, tokenizer, params.student.max_length, params.teacher.stride)
-    student = build_student(
-        teacher, data.id2label, list(params.student.teacher_layers), params.student.dropout,
-        provenance={"teacher": params.teacher.model_name, "teacher_layers": list(params.student.teacher_layers),
-                    "layer_map": params.as_dict()["distill"]["layer_map"], "params": params.flat()})
+    data = load_training_data(AnnotatedDir(data_dir), tokenizer, params.student.max_length, params.teacher.stride)
+    student = build_student(teacher, data.id2label, list(params.student.teacher_layers), params.student.dropout,
+                            provenance=provenance(params))
     init_transitions(student, data.transitions)
-    weights = partial(phase_weights, phase1_epochs=params.distill.phase1_epochs,
-                      phase1=params.distill.phase1_weights, phase2=params.distill.phase2_weights)
-    best, result = training.fit(student, teacher, data, params, training.distill_config(params), weights,
-                                checkpoint_dir, resume)
-    training.save_student(best, tokenizer, out_dir)
-    training.write_history(result.history, history_csv, pruning_ratio=0.0)
-    training.write_components(result.history, components_csv)
+    result = train_stage(params, "distill", student, teacher, tokenizer, data, checkpoint_dir, resume, out_dir)
+    result.write_history(history_csv, pruning_ratio=0.0)
+    result.write_components(components_csv)
     plot_training(result.history, plot_png, f"distill: {params.student.num_layers}-layer student")
-    return training.summary(result)
+    return result.summary()

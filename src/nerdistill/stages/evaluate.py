@@ -7,7 +7,7 @@ References:
   set (label2id.json, e.g. MISC) are mapped to O, since no model here may predict them.
 F1 drop = teacher - student, in points (F1 x 100), per reference. `models` is ordered: the
 teacher first; the final student, whose confusion matrix and worst sentences are written, is
-the last student folder (`benchmark.model_roles`).
+the last student folder (`results.model_roles`).
 """
 from __future__ import annotations
 
@@ -16,25 +16,25 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nerdistill.benchmark import model_roles
-from nerdistill.data import load_split
-from nerdistill.io import read_json, save_figure, write_csv, write_jsonl
-from nerdistill.labels import entity_types
+from nerdistill.annotated import AnnotatedDir
+from nerdistill.io import write_csv, write_jsonl
 from nerdistill.metrics import entity_scores, read_conll, restrict_types, type_confusion
 from nerdistill.params import Params
-from nerdistill.predict import load_tagger
+from nerdistill.model_folders import model_roles
+from nerdistill.plots import plot_confusion
+from nerdistill.tagger import load_tagger
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 Tagging = list[list[str]]
 
 
 def run(params: Params, data_dir: Path, models: dict[str, str], per_class_csv: Path, confusion_png: Path,
         errors_path: Path) -> dict:
-    data_dir = Path(data_dir)
+    annotated = AnnotatedDir(data_dir)
     teacher, final = model_roles(models)
-    kept_types = set(entity_types(read_json(data_dir / "label2id.json")))
-    test = load_split(data_dir / "test.jsonl")
+    kept_types = annotated.kept_types()
+    test = annotated.split("test")
     references = {"agreement": ([r["tokens"] for r in test], [r["ner_tags"] for r in test])}
     if params.evaluate.gold_path:
         references["gold"] = _gold(params.evaluate.gold_path, kept_types)
@@ -54,14 +54,14 @@ def run(params: Params, data_dir: Path, models: dict[str, str], per_class_csv: P
         metrics[reference] = scores
         drops[reference] = {name: 100 * (scores[teacher]["f1"] - s["f1"]) for name, s in scores.items()
                             if name != teacher}
-        logger.info("%s F1: %s", reference, {name: round(s["f1"], 4) for name, s in scores.items()})
+        log.info("%s F1: %s", reference, {name: round(s["f1"], 4) for name, s in scores.items()})
     metrics["f1_drop_points"] = drops
 
     shown = "gold" if "gold" in references else "agreement"
     words, gold_tags = references[shown]
     _write_per_class(per_class_csv, metrics, list(references))
     types, matrix = type_confusion(gold_tags, predictions[shown][final])
-    _plot_confusion(types, matrix, confusion_png, f"{final} vs the {shown} reference, per word")
+    plot_confusion(types, matrix, confusion_png, f"{final} vs the {shown} reference, per word")
     metrics["error_samples"] = write_jsonl(errors_path, _worst(
         words, gold_tags, predictions[shown], teacher, final, shown, params.evaluate.error_samples))
     return metrics
@@ -71,7 +71,7 @@ def _gold(path: str, kept_types: set[str]) -> tuple[Tagging, Tagging]:
     sentences = read_conll(path)
     dropped = sorted({tag[2:] for _, tags in sentences for tag in tags if tag != "O"} - kept_types)
     if dropped:
-        logger.info("gold types %s are not in the student's label set: mapped to O", dropped)
+        log.info("gold types %s are not in the student's label set: mapped to O", dropped)
     return [words for words, _ in sentences], [restrict_types(tags, kept_types) for _, tags in sentences]
 
 
@@ -101,21 +101,3 @@ def _worst(words: Tagging, reference: Tagging, predictions: dict[str, Tagging], 
             row["teacher_tags"] = predictions[teacher][index]
         rows.append(row)
     return rows
-
-
-def _plot_confusion(types: list[str], matrix: list[list[int]], path: Path, title: str) -> None:
-    """Counts in the cells, colour = share of the reference row, so rare types stay readable."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shares = [[count / max(1, sum(row)) for count in row] for row in matrix]
-    fig, ax = plt.subplots(figsize=(1.2 * len(types) + 2, 1.1 * len(types) + 1.5))
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", color="white" if shares[i][j] > 0.5 else "black")
-    ax.set(xticks=range(len(types)), xticklabels=types, yticks=range(len(types)), yticklabels=types,
-           xlabel="predicted type", ylabel="reference type", title=title)
-    save_figure(fig, path)

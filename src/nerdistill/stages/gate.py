@@ -24,29 +24,28 @@ lower latency), so a fast int8 that loses too much F1 never hides a good fp32.
 from __future__ import annotations
 
 import logging
-import math
-from typing import Any
 
 from nerdistill.params import Params
+from nerdistill.results import AGREEMENT, FP32, GO, GOLD, INT8, NOGO, REVIEW, drop_path, f1_path, lookup, number, \
+    variant_path
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
-GO, REVIEW, NOGO = "GO", "REVIEW", "NO-GO"
 _RANK = {GO: 0, REVIEW: 1, NOGO: 2}
-FP32, INT8 = "cpu_fp32", "cpu_int8"
 
 
 def run(params: Params, eval_metrics: dict, bench_metrics: dict) -> dict:
-    basis = "gold" if eval_metrics.get("gold") else "agreement"
-    final = _get(bench_metrics, "final", "bench")
-    candidates = [FP32] + ([INT8] if basis == "agreement" and INT8 in _variants(bench_metrics, final) else [])
+    basis = GOLD if eval_metrics.get(GOLD) else AGREEMENT
+    final = lookup(bench_metrics, ("final",), "bench")
+    measured = lookup(bench_metrics, ("models", final, "variants"), "bench")
+    candidates = [FP32] + ([INT8] if basis == AGREEMENT and INT8 in measured else [])
     verdicts = {variant: _judge(params, eval_metrics, bench_metrics, basis, final, variant)
                 for variant in candidates}
     best = min(verdicts, key=lambda v: (_RANK[verdicts[v]["decision"]], verdicts[v]["latency_ms"]))
     result = {"decision": verdicts[best]["decision"], "basis": basis, "model": final, "variant": best,
               "checks": verdicts[best]["checks"],
               "variants": {variant: verdict["decision"] for variant, verdict in verdicts.items()}}
-    logger.info("gate: %s (%s basis, %s %s)", result["decision"], basis, final, best)
+    log.info("gate: %s (%s basis, %s %s)", result["decision"], basis, final, best)
     return result
 
 
@@ -55,25 +54,19 @@ def exit_code(result: dict, params: Params) -> int:
     return 1 if result["decision"] == NOGO and params.gate.fail_on_nogo else 0
 
 
-def summary(result: dict) -> str:
-    """The decision and each check on one line each, what `nerdistill gate` prints."""
-    lines = [f"{result['decision']}  ({result['model']} {result['variant']}, F1 basis: {result['basis']})"]
-    for check in result["checks"]:
-        mark = "pass" if check["passed"] else f"FAIL ({check['on_fail']})"
-        lines.append(f"  {mark}  {check['name']} = {check['value']:.2f} (threshold {check['threshold']:g}): "
-                     f"{check['source']}")
-    return "\n".join(lines)
-
-
 def _judge(params: Params, eval_metrics: dict, bench_metrics: dict, basis: str, final: str,
            variant: str) -> dict:
     gate = params.gate
-    figures = _variants(bench_metrics, final)[variant]
-    f1 = _student_f1(eval_metrics, bench_metrics, basis, final, variant)
-    latency = _number(figures, "doc_p50_ms", f"bench models.{final}.variants.{variant}")
-    memory = _number(figures, "peak_rss_mb", f"bench models.{final}.variants.{variant}")
-    drop = _f1_drop(eval_metrics, bench_metrics, basis, final, variant)
-    if basis == "gold":
+    latency = number(bench_metrics, variant_path(variant, "doc_p50_ms", final), "bench")
+    memory = number(bench_metrics, variant_path(variant, "peak_rss_mb", final), "bench")
+    # Evaluate scores the fp32 students; the other variants are scored (on agreement) by bench.
+    if variant == FP32:
+        f1 = number(eval_metrics, f1_path(basis, final), "eval")
+        drop = number(eval_metrics, drop_path(basis, final), "eval")
+    else:
+        f1 = number(bench_metrics, variant_path(variant, "f1_agreement", final), "bench")
+        drop = number(bench_metrics, variant_path(variant, "f1_drop_points", final), "bench")
+    if basis == GOLD:
         quality = _check("f1_drop_points", drop, gate.max_f1_drop, drop <= gate.max_f1_drop, NOGO,
                          f"teacher - {final} ({variant}) F1 on the gold set, in points")
     else:
@@ -96,41 +89,6 @@ def _judge(params: Params, eval_metrics: dict, bench_metrics: dict, basis: str, 
     return {"decision": decision, "checks": checks, "latency_ms": latency}
 
 
-def _f1_drop(eval_metrics: dict, bench_metrics: dict, basis: str, final: str, variant: str) -> float:
-    if variant == FP32:
-        drops = _get(_get(eval_metrics, "f1_drop_points", "eval"), basis, "eval f1_drop_points")
-        return _number(drops, final, f"eval f1_drop_points.{basis}")
-    return _number(_variants(bench_metrics, final)[variant], "f1_drop_points",
-                   f"bench models.{final}.variants.{variant}")
-
-
-def _student_f1(eval_metrics: dict, bench_metrics: dict, basis: str, final: str, variant: str) -> float:
-    if variant == FP32:
-        scores = _get(_get(eval_metrics, basis, "eval"), final, f"eval {basis}")
-        return _number(scores, "f1", f"eval {basis}.{final}")
-    return _number(_variants(bench_metrics, final)[variant], "f1_agreement",
-                   f"bench models.{final}.variants.{variant}")
-
-
-def _variants(bench_metrics: dict, model: str) -> dict:
-    models = _get(bench_metrics, "models", "bench")
-    return _get(_get(models, model, "bench models"), "variants", f"bench models.{model}")
-
-
 def _check(name: str, value: float, threshold: float, passed: bool, on_fail: str, source: str) -> dict:
     return {"name": name, "value": value, "threshold": threshold, "passed": passed, "on_fail": on_fail,
             "source": source}
-
-
-def _get(tree: dict, key: str, where: str) -> Any:
-    if key not in tree:
-        raise ValueError(f"{where} metrics lack the key {key!r}; re-run the stage that writes them "
-                         "(dvc repro evaluate bench)")
-    return tree[key]
-
-
-def _number(tree: dict, key: str, where: str) -> float:
-    value = _get(tree, key, where)
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{where}.{key} = {value!r}; the gate needs a finite number")
-    return float(value)

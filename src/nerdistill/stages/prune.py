@@ -8,19 +8,22 @@ model was already pruned; the importance JSON and heatmap use the input model's 
 from __future__ import annotations
 
 import logging
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
-from nerdistill import pruning, training
-from nerdistill.io import atomic_dir, write_json
-from nerdistill.losses import DistillContext, distillation_loss
-from nerdistill.metrics import entity_scores
-from nerdistill.modeling import CrfStudent, check_against_teacher, load_teacher, teacher_forward
-from nerdistill.params import Params, Weights
+from nerdistill import pruning
+from nerdistill.annotated import AnnotatedDir
+from nerdistill.data import TrainingData, load_training_data
+from nerdistill.io import write_json
+from nerdistill.losses import DistillContext
+from nerdistill.modeling import CrfStudent, save_student
+from nerdistill.params import Params
+from nerdistill.plots import plot_importance
+from nerdistill.teacher import check_against_teacher, load_teacher
+from nerdistill.trainer import Scorer
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +34,16 @@ def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, importan
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher, tokenizer = load_teacher(params.teacher.model_name, device)
     student = CrfStudent.from_pretrained(model_dir).to(device)
-    data = training.load_training_data(data_dir, tokenizer, params.student.max_length, params.teacher.stride)
+    data = load_training_data(AnnotatedDir(data_dir), tokenizer, params.student.max_length, params.teacher.stride)
     current = _original_heads_now(student, model_dir)
-    before = {"heads": sum(pruning.head_counts(student)), "params": _n_params(student),
-              "val_f1": _val_f1(student, data, params.pruning.batch_size)}
+    context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, "prune")
+    # The Trainer's own loss (finetune.weights, the objective the pruned student trains on next)
+    # and its own validation F1: prune measures what distill and finetune optimise.
+    scorer = Scorer(student, teacher, context, data, params.pruning.batch_size, params.base.seed)
+    before = {"heads": sum(pruning.head_counts(student)), "params": _n_params(student), "val_f1": scorer.val_f1()}
 
-    context = training.loss_context(student, teacher, data.transitions, params)
-    loss_fn = partial(_importance_loss, teacher=teacher, context=context, weights=params.finetune.weights)
-    importance = pruning.head_importance(student, _train_batches(data, params), loss_fn, params.pruning.num_batches)
+    importance = pruning.head_importance(student, _train_batches(data, params), scorer.loss,
+                                         params.pruning.num_batches)
     keep, report = pruning.select_heads(importance, params.pruning.ratio, params.pruning.scope)
     student.config.head_counts = pruning.prune_heads(student, keep)
     kept = pruning.original_heads(current, keep)
@@ -46,16 +51,12 @@ def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, importan
     student.config.provenance = {**(student.config.provenance or {}), "heads_kept": kept,
                                  "pruning": [*(student.config.provenance or {}).get("pruning", []), report]}
 
-    with atomic_dir(out_dir) as staging:
-        student.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        write_json(staging / "heads_pruned.json", heads_file)
+    save_student(student, tokenizer, out_dir, extra_json={"heads_pruned.json": heads_file})
     write_json(importance_json, {"normalisation": "L2 per layer", "batches": params.pruning.num_batches,
                                  "layers": [[_finite_or_none(v) for v in row] for row in importance.tolist()],
                                  "original_heads": current})
-    pruning.plot_importance(importance, keep, heatmap_png)
-    after = {"heads": sum(student.config.head_counts), "params": _n_params(student),
-             "val_f1": _val_f1(student, data, params.pruning.batch_size)}
+    plot_importance(importance, keep, heatmap_png)
+    after = {"heads": sum(student.config.head_counts), "params": _n_params(student), "val_f1": scorer.val_f1()}
     log.info("pruned %d of %d heads: %d -> %d parameters, val F1 %.4f -> %.4f", report["removed"],
              before["heads"], before["params"], after["params"], before["val_f1"], after["val_f1"])
     return {
@@ -83,37 +84,11 @@ def _original_heads_now(student: CrfStudent, model_dir: Path) -> list[list[int]]
     return kept
 
 
-def _importance_loss(student: CrfStudent, batch: dict[str, torch.Tensor], teacher: torch.nn.Module,
-                     context: DistillContext, weights: Weights) -> torch.Tensor:
-    need_hidden = context.needs_hidden(weights)
-    teacher_logits, teacher_hidden = teacher_forward(teacher, batch, output_hidden_states=need_hidden)
-    out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  word_index=batch["word_index"], word_mask=batch["word_mask"], labels=batch["labels"],
-                  output_hidden_states=need_hidden)
-    return distillation_loss(student, out, teacher_logits, teacher_hidden, batch, weights, context).total
-
-
-def _train_batches(data: training.TrainingData, params: Params) -> DataLoader:
+def _train_batches(data: TrainingData, params: Params) -> DataLoader:
     # A seeded shuffle: the importance batches are a sample of the whole train split, the same each run.
     generator = torch.Generator().manual_seed(params.base.seed)
     return DataLoader(data.train, batch_size=params.pruning.batch_size, shuffle=True, generator=generator,
                       collate_fn=data.collator)
-
-
-@torch.no_grad()
-def _val_f1(student: CrfStudent, data: training.TrainingData, batch_size: int) -> float:
-    """Strict IOB2 entity F1 of the student's constrained decode on the val windows' own words."""
-    student.eval()
-    device = next(student.parameters()).device
-    gold, pred = [], []
-    for batch in DataLoader(data.val, batch_size=batch_size, collate_fn=data.collator):
-        batch = {key: value.to(device) for key, value in batch.items()}
-        out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      word_index=batch["word_index"], word_mask=batch["word_mask"])
-        for path, labels in zip(student.decode(out.emissions, batch["word_mask"]), batch["labels"].tolist()):
-            gold.append([data.id2label[label] for label in labels[:len(path)]])
-            pred.append([data.id2label[label] for label in path])
-    return entity_scores(gold, pred)["f1"]
 
 
 def _heads_file(kept: list[list[int]], current: list[list[int]], original_count: int,

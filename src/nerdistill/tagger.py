@@ -1,6 +1,6 @@
 """`NerTagger`: texts in, entities with character offsets out, for a student, a teacher or an ONNX export.
 
-`NerTagger.load(path_or_hub_id)` reads what the folder is:
+`NerTagger.load(path_or_hub_id)` reads what the folder is (`model_folders.model_kind`):
 
 - a CRF student (`config.json` with model_type `nerdistill-crf-student`): constrained Viterbi over
   the emissions; an entity's `score` is the mean, over its words, of the softmax of the emissions
@@ -21,34 +21,28 @@ batches, never all at once, so a 200,000-word line needs memory for one batch of
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import sys
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TextIO
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from nerdistill.data import NerCollator, Window, WordTokenizer
-from nerdistill.io import InputError, atomic_path, read_json
+from nerdistill.io import InputError, read_json
 from nerdistill.labels import ordered_labels, student_labels
-from nerdistill.modeling import CrfStudent, StudentConfig, load_teacher, teacher_forward, viterbi
+from nerdistill.model_folders import (CRF_FILE, ONNX_MANIFEST, load_tokenizer, model_kind, student_window,
+                                      window_length)
+from nerdistill.modeling import CrfStudent, viterbi
+from nerdistill.teacher import load_teacher, teacher_forward
 from nerdistill.params import TeacherParams
 from nerdistill.text import Word, entity_spans, iob1_to_iob2, split_words
 from nerdistill.text import drop_types as drop_entity_types  # `drop_types` names the tagger's option
 
 log = logging.getLogger(__name__)
-
-ONNX_MANIFEST = "nerdistill_onnx.json"
-CRF_FILE = "crf.json"
-# Sub-token windows never exceed this, whatever the model allows: attention cost grows with its square.
-MAX_WINDOW = 512
 
 
 class Backend(Protocol):
@@ -292,194 +286,3 @@ def _entities(text: str, words: list[Word], tags: list[str], scores: list[float]
                          "token_start": first, "token_end": last,
                          "score": round(sum(scores[first:last]) / (last - first), 4)})
     return entities
-
-
-# --- model folders ------------------------------------------------------------------------------
-
-def model_kind(path_or_hub_id: str | Path) -> tuple[str, Path]:
-    """("student" | "onnx" | "teacher", folder) of a model folder; a hub id is a "teacher".
-
-    Raises InputError naming the missing file when a local folder is not a usable model.
-    """
-    name = str(path_or_hub_id)
-    folder = Path(name).expanduser()
-    looks_local = folder.is_absolute() or name.startswith((".", "~")) or folder.exists()
-    if not looks_local:
-        return "teacher", folder
-    if not folder.is_dir():
-        raise InputError(f"{folder}: no such model folder; pass a student folder (models/student_final), "
-                         "an ONNX export folder (nerdistill export) or a token-classification model")
-    if (folder / ONNX_MANIFEST).is_file():
-        model_file = read_json(folder / ONNX_MANIFEST).get("model_file", "model.onnx")
-        _require(folder, (model_file, CRF_FILE, "tokenizer_config.json"), "an ONNX export; re-run nerdistill export")
-        return "onnx", folder
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise InputError(f"{folder}: no config.json nor {ONNX_MANIFEST}; this is not a model folder (a student "
-                         "saved by distill/prune/finetune, an ONNX export or a Hugging Face model)")
-    if read_json(config_path).get("model_type") == StudentConfig.model_type:
-        _require(folder, ("model.safetensors", "tokenizer_config.json"),
-                 "a student folder; re-run the stage that wrote it")
-        return "student", folder
-    return "teacher", folder
-
-
-def _require(folder: Path, names: Sequence[str], what: str) -> None:
-    missing = [name for name in names if not (folder / name).is_file()]
-    if missing:
-        raise InputError(f"{folder}: missing {', '.join(missing)} for {what}")
-
-
-def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as err:
-        raise InputError(f"{folder}: the tokenizer files do not load ({err}); save the tokenizer beside the "
-                         "model (tokenizer.save_pretrained)") from err
-
-
-def window_length(max_position_embeddings: int, tokenizer: PreTrainedTokenizerBase) -> int:
-    """Sub-tokens per window the model can take: RoBERTa-family position ids start after the padding
-    index (2 positions lost); BERT loses none, so 2 fewer is safe for every family."""
-    return min(MAX_WINDOW, max_position_embeddings - 2, int(tokenizer.model_max_length))
-
-
-def student_window(config: StudentConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
-    """(max_length, stride) the student was trained with (its provenance), else what its positions allow."""
-    trained = (config.provenance or {}).get("params", {})
-    limit = window_length(config.encoder.max_position_embeddings, tokenizer)
-    length = min(int(trained.get("student.max_length", limit)), limit)
-    return length, min(int(trained.get("teacher.stride", length // 4)), length // 2 - 1)
-
-
-# --- streaming ------------------------------------------------------------------------------------
-
-SNIFF = "sniff"  # stdin with --format auto: decided on its first lines
-
-def predict_stream(tagger: NerTagger, input_path: str | Path, output_path: str | Path, batch_size: int = 32,
-                   input_format: str = "auto", chunk_lines: int = 1024) -> dict[str, int]:
-    """Tag a `.txt` (one text a line) or `.jsonl` (`text`, optional `id` carried through) file, or `-`
-    for stdin (`input_format` auto: JSONL when its first non-blank line is a JSON object), into JSONL `{"text", "entities", ["id"]}` on
-    `output_path` (`-` for stdout; a file is replaced atomically once every line is written).
-
-    Streams `chunk_lines` lines at a time. One output line per input line: a blank line gives
-    `{"text": "", "entities": []}`; a line that is not UTF-8, not a JSON object or has no string
-    `text` gives `{"line": N, "error": "..."}` and is logged with its line number. Returns counts
-    (`lines`, `tagged`, `empty`, `failed`, `entities`); the CLI exits non-zero when `failed` > 0.
-    """
-    fmt = _input_format(input_path, input_format)
-    counts: Counter[str] = Counter(lines=0, tagged=0, empty=0, failed=0, entities=0)
-    progress = tqdm(desc="predict", unit="line", disable=not sys.stderr.isatty())
-    with _open_input(input_path) as source, _open_output(output_path) as sink:
-        for chunk in _chunks(source, chunk_lines):
-            if fmt == SNIFF:
-                fmt = _sniff(chunk)
-                log.info("%s: read as %s (--format to say otherwise)", input_path, fmt)
-            parsed = [_parse_line(line_no, raw, fmt, input_path) for line_no, raw in chunk]
-            texts = [row["text"] for row in parsed if "error" not in row and row["text"]]
-            found = iter(tagger(texts, batch_size=batch_size))
-            for row in parsed:
-                _count(counts, row)
-                if "error" not in row:
-                    row["entities"] = next(found) if row["text"] else []
-                    counts["entities"] += len(row["entities"])
-                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
-            sink.flush()
-            progress.update(len(chunk))
-    progress.close()
-    if counts["failed"]:
-        log.error("%s: %d of %d lines could not be read (error records written in their place)",
-                  input_path, counts["failed"], counts["lines"])
-    return dict(counts)
-
-
-def _input_format(input_path: str | Path, input_format: str) -> str:
-    if input_format not in ("auto", "txt", "jsonl"):
-        raise InputError(f"input format {input_format!r}: use auto, txt or jsonl")
-    if input_format != "auto":
-        return input_format
-    if str(input_path) == "-":
-        return SNIFF
-    suffix = Path(input_path).suffix
-    if suffix not in (".txt", ".jsonl"):
-        raise InputError(f"{input_path}: unknown input format {suffix!r}; use .txt (one text a line) or .jsonl "
-                         "(one {\"text\": ...} object a line)")
-    return suffix[1:]
-
-
-def _sniff(chunk: list[tuple[int, bytes]]) -> str:
-    """jsonl when the first non-blank line parses as a JSON object, else txt."""
-    first = next((raw for _, raw in chunk if raw.strip()), b"")
-    try:
-        return "jsonl" if isinstance(json.loads(first.decode("utf-8").lstrip("\ufeff")), dict) else "txt"
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return "txt"
-
-
-@contextlib.contextmanager
-def _open_input(path: str | Path) -> Iterator[BinaryIO]:
-    """Binary lines of a file, or of stdin (left open)."""
-    if str(path) == "-":
-        yield sys.stdin.buffer
-        return
-    if not Path(path).is_file():
-        raise InputError(f"{path}: input file not found")
-    with Path(path).open("rb") as handle:
-        yield handle
-
-
-@contextlib.contextmanager
-def _open_output(path: str | Path) -> Iterator[TextIO]:
-    """stdout, or a temp file that replaces `path` only when every line is written."""
-    if str(path) == "-":
-        yield sys.stdout
-        return
-    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
-        yield handle
-
-
-def _chunks(source: BinaryIO, size: int) -> Iterator[list[tuple[int, bytes]]]:
-    chunk: list[tuple[int, bytes]] = []
-    for line_no, raw in enumerate(source, start=1):
-        chunk.append((line_no, raw))
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _parse_line(line_no: int, raw: bytes, fmt: str, input_path: str | Path) -> dict[str, Any]:
-    """`{"text", ["id"]}` of an input line, or `{"line", "error"}` (logged) when it cannot be read."""
-    try:
-        line = raw.decode("utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as err:
-        return _error(input_path, line_no, f"not valid UTF-8 (byte {err.start}); re-encode the input as UTF-8")
-    if line_no == 1:
-        line = line.removeprefix("\ufeff")
-    if fmt == "txt":
-        return {"text": line}
-    if not line.strip():
-        return {"text": ""}
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        return _error(input_path, line_no, f"malformed JSON ({err.msg} at column {err.colno})")
-    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-        return _error(input_path, line_no, "expected a JSON object with a string 'text' field")
-    return {"id": obj["id"], "text": obj["text"]} if "id" in obj else {"text": obj["text"]}
-
-
-def _error(input_path: str | Path, line_no: int, message: str) -> dict[str, Any]:
-    log.warning("%s:%d: %s", input_path, line_no, message)
-    return {"line": line_no, "error": message}
-
-
-def _count(counts: Counter[str], row: dict[str, Any]) -> None:
-    counts["lines"] += 1
-    if "error" in row:
-        counts["failed"] += 1
-    elif row["text"]:
-        counts["tagged"] += 1
-    else:
-        counts["empty"] += 1

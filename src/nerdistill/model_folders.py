@@ -1,0 +1,87 @@
+"""Model folders: which kind a path is (student, ONNX export or teacher), its tokenizer, its window.
+
+A folder is an ONNX export when it holds `nerdistill_onnx.json` (written by `nerdistill.export`), a
+student when its `config.json` says model_type `nerdistill-crf-student`, and a teacher otherwise
+(as is any hub id). Errors name the missing file and the stage or command that writes it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from nerdistill.io import InputError, read_json
+from nerdistill.modeling import StudentConfig
+
+ONNX_MANIFEST = "nerdistill_onnx.json"
+CRF_FILE = "crf.json"
+# Sub-token windows never exceed this, whatever the model allows: attention cost grows with its square.
+MAX_WINDOW = 512
+
+
+def model_kind(path_or_hub_id: str | Path) -> tuple[str, Path]:
+    """("student" | "onnx" | "teacher", folder) of a model folder; a hub id is a "teacher".
+
+    Raises InputError naming the missing file when a local folder is not a usable model.
+    """
+    name = str(path_or_hub_id)
+    folder = Path(name).expanduser()
+    looks_local = folder.is_absolute() or name.startswith((".", "~")) or folder.exists()
+    if not looks_local:
+        return "teacher", folder
+    if not folder.is_dir():
+        raise InputError(f"{folder}: no such model folder; pass a student folder (models/student_final), "
+                         "an ONNX export folder (nerdistill export) or a token-classification model")
+    if (folder / ONNX_MANIFEST).is_file():
+        model_file = read_json(folder / ONNX_MANIFEST).get("model_file", "model.onnx")
+        _require(folder, (model_file, CRF_FILE, "tokenizer_config.json"), "an ONNX export; re-run nerdistill export")
+        return "onnx", folder
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise InputError(f"{folder}: no config.json nor {ONNX_MANIFEST}; this is not a model folder (a student "
+                         "saved by distill/prune/finetune, an ONNX export or a Hugging Face model)")
+    if read_json(config_path).get("model_type") == StudentConfig.model_type:
+        _require(folder, ("model.safetensors", "tokenizer_config.json"),
+                 "a student folder; re-run the stage that wrote it")
+        return "student", folder
+    return "teacher", folder
+
+
+def model_roles(models: dict[str, str]) -> tuple[str, str]:
+    """(teacher, final student) names: the teacher comes first, the final student is the last
+    student folder (an ONNX export listed after it is only a variant to measure)."""
+    names = list(models)
+    students = [name for name in names[1:] if model_kind(models[name])[0] == "student"]
+    if not students:
+        raise ValueError(f"models {names}: expected the teacher first and at least one student folder "
+                         "(--model final=models/student_final)")
+    return names[0], students[-1]
+
+
+def _require(folder: Path, names: Sequence[str], what: str) -> None:
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise InputError(f"{folder}: missing {', '.join(missing)} for {what}")
+
+
+def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{folder}: the tokenizer files do not load ({err}); save the tokenizer beside the "
+                         "model (tokenizer.save_pretrained)") from err
+
+
+def window_length(max_position_embeddings: int, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Sub-tokens per window the model can take: RoBERTa-family position ids start after the padding
+    index (2 positions lost); BERT loses none, so 2 fewer is safe for every family."""
+    return min(MAX_WINDOW, max_position_embeddings - 2, int(tokenizer.model_max_length))
+
+
+def student_window(config: StudentConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """(max_length, stride) the student was trained with (its provenance), else what its positions allow."""
+    trained = (config.provenance or {}).get("params", {})
+    limit = window_length(config.encoder.max_position_embeddings, tokenizer)
+    length = min(int(trained.get("student.max_length", limit)), limit)
+    return length, min(int(trained.get("teacher.stride", length // 4)), length // 2 - 1)

@@ -1,0 +1,74 @@
+"""The teacher: loading it (hub id or folder), checking params against its config, its forward.
+
+The teacher is any token-classification model transformers loads (CamemBERT, RoBERTa, BERT,
+XLM-R); it stays frozen, and every stage that needs it comes through here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedTokenizerBase
+
+from nerdistill.modeling import gather_words
+from nerdistill.params import Params, ParamsError
+
+
+def check_against_teacher(params: Params) -> None:
+    """Check every params value that depends on the teacher against its config alone (no weights:
+    seconds, not the minutes of a big teacher), before a stage writes or deletes anything."""
+    name = params.teacher.model_name
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise OSError(f"teacher.model_name = {name!r}: no usable config.json ({_first_line(err)}); point it at a "
+                      "model folder, or at a hub id with the hub reachable") from err
+    depth = config.num_hidden_layers
+    for key, layers in (("student.teacher_layers", params.student.teacher_layers),
+                        ("distill.layer_map.teacher", params.distill.layer_map.teacher)):
+        bad = [layer for layer in layers if not 1 <= layer <= depth]
+        if bad:
+            raise ParamsError(f"{key} = {list(layers)}: the teacher {name} has {depth} layers, so layers {bad} do "
+                              f"not exist; use 1-based numbers in 1..{depth}")
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def load_teacher(name_or_path: str | Path, device: str | torch.device = "cpu", key: str = "teacher.model_name"
+                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A frozen token-classification teacher in eval mode, and its tokenizer; errors name `key`,
+    where the user set the path (a params key or a command-line option)."""
+    name = str(name_or_path)
+    looks_local = Path(name).is_absolute() or name.startswith((".", "~")) or Path(name).exists()
+    if looks_local and not Path(name).expanduser().is_dir():
+        raise OSError(f"{key} = {name!r}: no such folder; point {key} at a folder "
+                      "holding config.json, the weights and the tokenizer, or at a hub id")
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(name)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except OSError as err:
+        hint = ("Without access to the Hugging Face hub (offline box, HF_HUB_OFFLINE=1) and no cached copy, "
+                f"download the model elsewhere and point {key} at its local folder") if not looks_local else \
+            "the folder needs config.json, the weights (model.safetensors) and the tokenizer files"
+        raise OSError(f"{key} = {name!r} could not be loaded ({_first_line(err)}). {hint}") from err
+    except ValueError as err:  # e.g. a config.json without a known model_type, an empty folder
+        raise OSError(f"{key} = {name!r} is not a token-classification model transformers can load "
+                      f"({_first_line(err)}); point {key} at a model folder or hub id") from err
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return model, tokenizer
+
+
+def teacher_forward(teacher: PreTrainedModel, batch: dict[str, torch.Tensor], output_hidden_states: bool
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Teacher logits (B, W, Lt) at each word's first sub-token, and its hidden states if asked."""
+    # no_grad rather than inference_mode: the KD and hidden losses save these tensors for the
+    # student's backward pass, which inference tensors forbid.
+    with torch.no_grad():
+        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                      output_hidden_states=output_hidden_states)
+    logits = gather_words(out.logits, batch["word_index"])  # (B, W, Lt)
+    return logits, (out.hidden_states if output_hidden_states else None)
