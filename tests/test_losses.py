@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from transformers import CamembertConfig, CamembertForTokenClassification
 
 from nerdistill.labels import shared_space, student_labels, transition_prior
-from nerdistill.losses import (DistillContext, crf_nll, distillation_loss, hidden_loss, kd_loss, phase_weights,
+from nerdistill.losses import (DistillContext, distillation_loss, hidden_loss, kd_loss, phase_weights,
                                transition_loss)
 from nerdistill.params import Weights
 from nerdistill.modeling import build_student
@@ -109,22 +109,23 @@ def test_hidden_loss_projects_to_the_teacher_width_and_rejects_bad_layers():
     student_states = (torch.randn(1, 3, 4), torch.randn(1, 3, 4))
     teacher_states = (torch.randn(1, 3, 6), torch.randn(1, 3, 6))
     projection = torch.nn.Linear(4, 6)
-    loss = hidden_loss(student_states, teacher_states, [(1, 1)], torch.ones(1, 3), projection)
+    projected = tuple(projection(state) for state in student_states)  # what a narrower student returns
+    loss = hidden_loss(projected, teacher_states, [(1, 1)], torch.ones(1, 3))
     expected = 1 - F.cosine_similarity(projection(student_states[1]), teacher_states[1], dim=-1).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     with pytest.raises(ValueError, match="distill.layer_map"):
-        hidden_loss(student_states, teacher_states, [(5, 1)], torch.ones(1, 3), projection)
+        hidden_loss(projected, teacher_states, [(5, 1)], torch.ones(1, 3))
 
 
 def test_transition_loss_is_zero_when_equal_and_mean_squared_otherwise(models):
     _, student = models
     crf = student.crf
-    start, end, moves = (crf.start_transitions.detach().clone(), crf.end_transitions.detach().clone(),
-                         crf.transitions.detach().clone())
-    assert transition_loss(crf, start, end, moves).item() == 0.0
+    scores = (crf.start_transitions, crf.end_transitions, crf.transitions)
+    start, end, moves = (score.detach().clone() for score in scores)
+    assert transition_loss(scores, start, end, moves).item() == 0.0
     moves[0, 0] += 2.0
     size = len(NAMES)
-    assert transition_loss(crf, start, end, moves).item() == pytest.approx(4.0 / (2 * size + size * size))
+    assert transition_loss(scores, start, end, moves).item() == pytest.approx(4.0 / (2 * size + size * size))
 
 
 def test_phase_weights_switch_on_the_zero_based_epoch():
@@ -136,13 +137,23 @@ def test_phase_weights_switch_on_the_zero_based_epoch():
     assert phase_weights(0.0, 0, phase1, phase2) == phase2
 
 
-def test_crf_nll_treats_padding_labels_as_masked(models):
+def test_crf_nll_is_per_word_and_treats_padding_labels_as_masked(models):
     _, student = models
     emissions = torch.randn(2, 5, len(NAMES))
     batch = make_batch()
-    loss = crf_nll(student, emissions, batch["labels"], batch["word_mask"])
-    llh = student.crf(emissions, batch["labels"].clamp_min(0), mask=batch["word_mask"], reduction="mean")
-    assert loss.item() == pytest.approx(-llh.item(), rel=1e-6)
+    loss = student.nll(emissions, batch["labels"], batch["word_mask"])
+    llh = student.crf(emissions, batch["labels"].clamp_min(0), mask=batch["word_mask"], reduction="sum")
+    assert loss.item() == pytest.approx(-llh.item() / batch["word_mask"].sum().item(), rel=1e-6)
+
+
+def test_ce_does_not_grow_with_sentence_length(models):
+    # The same words repeated: a per-sequence mean would double, a per-word one stays put.
+    _, student = models
+    one = torch.randn(1, 4, len(NAMES))
+    labels, mask = torch.zeros(1, 4, dtype=torch.long), torch.ones(1, 4, dtype=torch.bool)
+    short = student.nll(one, labels, mask)
+    long = student.nll(one.repeat(1, 8, 1), labels.repeat(1, 8), mask.repeat(1, 8))
+    assert long.item() == pytest.approx(short.item(), rel=0.25)
 
 
 def test_distillation_loss_is_the_weighted_sum_of_its_parts(models):
@@ -153,19 +164,20 @@ def test_distillation_loss_is_the_weighted_sum_of_its_parts(models):
     assert context.needs_hidden(weights) and not context.needs_hidden(Weights(1.0, 1.0, 0.0, 0.2))
     teacher_logits, teacher_hidden = teacher_forward(teacher, batch, output_hidden_states=True)
     out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  word_index=batch["word_index"], word_mask=batch["word_mask"], output_hidden_states=True)
-    parts = distillation_loss(student, out, teacher_logits, teacher_hidden, batch, weights, context)
+                  word_index=batch["word_index"], word_mask=batch["word_mask"], labels=batch["labels"],
+                  output_hidden_states=True)
+    parts = distillation_loss(out, teacher_logits, teacher_hidden, batch, weights, context)
     expected = parts.ce + 0.5 * parts.kd + 0.1 * parts.hidden + 0.2 * parts.crf
     assert torch.allclose(parts.total, expected)
     assert all(value > 0 for value in (parts.ce, parts.kd, parts.crf))
     # The student's two layers are copies of the teacher's first two: identical states so far.
     assert parts.hidden.item() == pytest.approx(0.0, abs=1e-5)
     deeper = DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, [(4, 2)], 2.5, CURRICULUM, "cpu")
-    assert distillation_loss(student, out, teacher_logits, teacher_hidden, batch, weights, deeper).hidden > 0
+    assert distillation_loss(out, teacher_logits, teacher_hidden, batch, weights, deeper).hidden > 0
     parts.total.backward()
     assert student.crf.transitions.grad is not None and student.emissions.weight.grad is not None
     with pytest.raises(ValueError, match="output_hidden_states"):
-        distillation_loss(student, out, teacher_logits, None, batch, weights, context)
+        distillation_loss(out, teacher_logits, None, batch, weights, context)
 
 
 def test_distill_context_rejects_mismatched_labels_and_layers(models):

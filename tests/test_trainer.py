@@ -120,7 +120,8 @@ def test_distill_stage_end_to_end_on_the_demo_teacher(demo_teacher_dir, annotate
     assert len(rows) == metrics["epochs_run"]
     best_row = rows[metrics["best_epoch"] - 1].split(",")
     assert float(best_row[3]) == pytest.approx(metrics["best_val_f1"])
-    assert (tmp_path / "c.csv").read_text().startswith("epoch,ce,kd,hidden,crf,total")
+    assert (tmp_path / "c.csv").read_text().startswith(
+        "epoch,ce_per_word,kd_per_word_x_T2,hidden_per_subtoken_and_layer_pair,crf_per_transition,total")
     assert (tmp_path / "h.png").stat().st_size > 0
 
 

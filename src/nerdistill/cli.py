@@ -48,6 +48,8 @@ def _declared_keys(args: argparse.Namespace, stage: str) -> tuple[str, ...] | No
 
 def _tracked(args: argparse.Namespace, stage: str, params: Params, metrics_path: Path, call: Callable[[], dict],
              artifacts: tuple[Path, ...] = (), to_parent: bool = False) -> dict:
+    if not tracking.is_main_process():
+        return call()  # the main process of a distributed run tracks and writes the metrics
     with tracking.stage_run(stage, params, _declared_keys(args, stage)) as run:
         metrics = call()
         run.write_metrics(metrics_path, metrics, to_parent=to_parent)

@@ -7,12 +7,15 @@ weighted total is formed: the Trainer (distill, finetune) and head-importance sc
 
     total = w_ce * CE + w_kd * KD + w_hidden * Hidden + w_crf * CRF
 
-- CE: CRF negative log-likelihood of the teacher's labels (annotate wrote them).
-- KD: KL(teacher || student) at temperature T, x T^2 (Hinton et al., 2015), computed in a
-  label space both models share (see `DistillContext.build`).
-- Hidden: 1 - cosine between mapped teacher and student layers, over real sub-tokens.
-- CRF: mean squared difference between the student's CRF scores and the teacher's
-  transition prior (log transition frequencies of its labels; the teacher has no CRF).
+Each term is a mean on one scale, so a weight means what it says:
+- CE, per word: CRF negative log-likelihood of the teacher's labels (annotate wrote them),
+  summed over the batch and divided by its real words.
+- KD, per word, x T^2: KL(teacher || student) at temperature T (Hinton et al., 2015), computed
+  in a label space both models share (see `DistillContext.build`).
+- Hidden, per sub-token and layer pair: 1 - cosine between mapped teacher and student layers.
+- CRF, per transition score: mean squared difference between the student's start, end and
+  transition scores and the teacher's transition prior (log transition frequencies of its
+  labels; the teacher has no CRF).
 """
 from __future__ import annotations
 
@@ -21,8 +24,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torchcrf import CRF
 
 from nerdistill import labels
 from nerdistill.modeling import CrfStudent, StudentOutput
@@ -32,12 +33,6 @@ from nerdistill.params import Params, Weights
 # Probabilities are clamped before the log: the shared-space sums are exact zeros only
 # when the model is certain, and log(0) would turn a finite KL into NaN gradients.
 _EPS = 1e-12
-
-
-def crf_nll(student: CrfStudent, emissions: torch.Tensor, labels: torch.Tensor,
-            word_mask: torch.Tensor) -> torch.Tensor:
-    """CE loss: CRF negative log-likelihood, mean over the batch's sequences."""
-    return student.nll(emissions, labels, word_mask)
 
 
 def kd_loss(student_emissions: torch.Tensor, teacher_logits: torch.Tensor, word_mask: torch.Tensor,
@@ -57,12 +52,11 @@ def kd_loss(student_emissions: torch.Tensor, teacher_logits: torch.Tensor, word_
 
 
 def hidden_loss(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
-                pairs: list[tuple[int, int]], attention_mask: torch.Tensor,
-                projection: nn.Module | None = None) -> torch.Tensor:
+                pairs: list[tuple[int, int]], attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean over (teacher_layer, student_layer) pairs of (1 - cosine), averaged over real sub-tokens.
 
     Hidden-state tuples index 0 = embeddings, i = layer i, so 1-based layer numbers index
-    them directly. `projection` maps student states to the teacher's width when they differ.
+    them directly. Student states come in the teacher's width (the student projects them).
     """
     for teacher_layer, student_layer in pairs:
         if not (0 <= teacher_layer < len(teacher_hidden) and 0 <= student_layer < len(student_hidden)):
@@ -72,20 +66,18 @@ def hidden_loss(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[
     mask = attention_mask.float()  # (B, T)
     losses = []
     for teacher_layer, student_layer in pairs:
-        student_state = student_hidden[student_layer]  # (B, T, Hs)
-        if projection is not None:
-            student_state = projection(student_state)  # (B, T, Ht)
+        student_state = student_hidden[student_layer]  # (B, T, Ht)
         cosine = F.cosine_similarity(student_state.float(), teacher_hidden[teacher_layer].float(), dim=-1)  # (B, T)
         losses.append(((1.0 - cosine) * mask).sum() / mask.sum().clamp_min(1.0))
     return torch.stack(losses).mean()
 
 
-def transition_loss(crf: CRF, prior_start: torch.Tensor, prior_end: torch.Tensor,
-                    prior_transitions: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between the CRF's start/end/transition scores and the prior."""
-    diffs = torch.cat([(crf.start_transitions - prior_start).flatten(),
-                       (crf.end_transitions - prior_end).flatten(),
-                       (crf.transitions - prior_transitions).flatten()])
+def transition_loss(crf_scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor], prior_start: torch.Tensor,
+                    prior_end: torch.Tensor, prior_transitions: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the CRF's (start, end, transitions) scores and the prior."""
+    start, end, transitions = crf_scores
+    diffs = torch.cat([(start - prior_start).flatten(), (end - prior_end).flatten(),
+                       (transitions - prior_transitions).flatten()])
     return diffs.pow(2).mean()
 
 
@@ -172,32 +164,32 @@ class DistillContext:
         return weights.hidden > 0 and bool(self.layer_pairs)
 
 
-def distillation_loss(student: CrfStudent, student_out: StudentOutput, teacher_logits: torch.Tensor,
+def distillation_loss(student_out: StudentOutput, teacher_logits: torch.Tensor,
                       teacher_hidden: tuple[torch.Tensor, ...] | None, batch: dict[str, torch.Tensor],
                       weights: Weights, ctx: DistillContext) -> LossParts:
     """The weighted sum of the four losses, and each part for logging.
 
-    `student_out` must come from `student(**batch)` (with labels, so that its loss is the CE
-    part); when the hidden weight is > 0 both models must have returned hidden states.
+    `student_out` must come from `student(**batch)` with labels (its loss is the CE part); when
+    the hidden weight is > 0 both models must have returned hidden states.
     """
     w_ce, w_kd, w_hidden, w_crf = weights
     word_mask = batch["word_mask"]
     emissions = student_out.emissions  # (B, W, Ls)
     # The context is often built before Trainer moves the student to its device.
     ctx.to(emissions.device)
-    ce = (student_out.loss if student_out.loss is not None
-          else crf_nll(student, emissions, batch["labels"], word_mask))
+    if student_out.loss is None:
+        raise ValueError("the student's forward was run without labels, so it has no CE loss; pass labels")
+    ce = student_out.loss
     kd = kd_loss(emissions, teacher_logits, word_mask, ctx.student_to_shared, ctx.teacher_to_shared,
                  ctx.temperature)
     if w_hidden > 0 and (student_out.hidden_states is None or teacher_hidden is None):
         raise ValueError("hidden-state loss weight > 0 but hidden states are missing; run both models "
                          "with output_hidden_states=True")
     if student_out.hidden_states is not None and teacher_hidden is not None and ctx.layer_pairs:
-        hidden = hidden_loss(student_out.hidden_states, teacher_hidden, ctx.layer_pairs, batch["attention_mask"],
-                             student.hidden_projection)
+        hidden = hidden_loss(student_out.hidden_states, teacher_hidden, ctx.layer_pairs, batch["attention_mask"])
     else:
         hidden = emissions.new_zeros(())
-    crf = transition_loss(student.crf, ctx.prior_start, ctx.prior_end, ctx.prior_transitions)
+    crf = transition_loss(student_out.crf_scores, ctx.prior_start, ctx.prior_end, ctx.prior_transitions)
     total = w_ce * ce + w_kd * kd + w_hidden * hidden + w_crf * crf
     return LossParts(total=total, ce=ce, kd=kd, hidden=hidden, crf=crf)
 

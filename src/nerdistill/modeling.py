@@ -70,12 +70,18 @@ class StudentConfig(PreTrainedConfig):
 
 @dataclass
 class StudentOutput(ModelOutput):
-    """`loss`: CRF NLL averaged over the batch (when labels are given). `emissions`: (B, W, L)
-    word-level scores. `hidden_states`: sub-token level, index 0 = embeddings, i = layer i."""
+    """`loss`: CRF NLL per word (when labels are given). `emissions`: (B, W, L) word-level scores.
+    `hidden_states`: sub-token level in the teacher's width (projected when the widths differ),
+    index 0 = embeddings, i = layer i. `crf_scores`: the CRF's (start, end, transitions).
+
+    Everything a loss needs from the student's parameters comes out of forward: under DDP a
+    parameter used outside it (the CRF in the CE or transition loss, the projection) breaks the
+    gradient reduction."""
 
     loss: torch.Tensor | None = None
     emissions: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    crf_scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 class CrfStudent(PreTrainedModel):
@@ -121,16 +127,22 @@ class CrfStudent(PreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.nll(emissions, labels, word_mask)
-        return StudentOutput(loss=loss, emissions=emissions,
-                             hidden_states=out.hidden_states if output_hidden_states else None)
+        hidden = out.hidden_states if output_hidden_states else None
+        if hidden is not None and self.hidden_projection is not None:
+            hidden = tuple(self.hidden_projection(state) for state in hidden)  # (B, T, H_teacher) each
+        return StudentOutput(loss=loss, emissions=emissions, hidden_states=hidden,
+                             crf_scores=(self.crf.start_transitions, self.crf.end_transitions, self.crf.transitions))
 
     def nll(self, emissions: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
-        """CRF negative log-likelihood, averaged over the sequences of the batch."""
+        """CRF negative log-likelihood per word: summed over the batch's sequences, divided by its real
+        words, the unit of the KD loss, so the loss weights compare like with like (a per-sequence
+        mean would grow with the sentence length and outweigh KD by it)."""
         mask = word_mask.bool()
         # -100 marks padding; the CRF ignores masked positions but still indexes them.
         tags = labels.masked_fill(labels == -100, self.o_id)  # (B, W)
         # pytorch-crf runs in the emissions' dtype; fp16 autocast would overflow its logsumexp.
-        return -self.crf(emissions.float(), tags, mask=mask, reduction="mean")
+        llh = self.crf(emissions.float(), tags, mask=mask, reduction="sum")
+        return -llh / mask.sum().clamp_min(1)
 
     def constrained_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(start (L,), end (L,), transitions (L, L)) with IOB2-impossible moves set to FORBIDDEN."""

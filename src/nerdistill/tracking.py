@@ -46,6 +46,12 @@ MAX_NAMED_CHANGES = 4  # params that differ from the shipped ones, spelled out i
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+def is_main_process() -> bool:
+    """False in the extra processes of a distributed run (torchrun, accelerate launch set RANK):
+    only the main one tracks, writes outputs and saves models."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 

@@ -82,6 +82,8 @@ def training_arguments(settings: DistillParams, seed: int, output_dir: Path, log
         disable_tqdm=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without it, a CPU-only torchrun initialises gloo but each process trains alone.
+        use_cpu=not torch.cuda.is_available(),
         **precision_flags(settings.precision),
     )
 
@@ -102,24 +104,33 @@ class DistillTrainer(Trainer):
 
     def compute_loss(self, model: CrfStudent, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        # Training and evaluation use the weights of the epoch being trained, so val loss is comparable.
-        weights = self.context.weights(self.state.epoch or 0.0)
+        # Training and evaluation use the weights of the epoch being trained, so val loss is comparable:
+        # the evaluation that closes epoch 1 runs at state.epoch == 1.0 but scores epoch 1's objective.
+        epoch = self.state.epoch or 0.0
+        weights = self.context.weights(epoch if model.training else max(0.0, epoch - 1e-6))
         need_hidden = self.context.needs_hidden(weights)
         teacher_logits, teacher_hidden = teacher_forward(self.teacher, inputs, output_hidden_states=need_hidden)
+        # Through the wrapper (DDP reduces gradients there), with labels: every loss term's use of the
+        # student's parameters happens inside its forward.
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                        word_index=inputs["word_index"], word_mask=inputs["word_mask"],
+                        word_index=inputs["word_index"], word_mask=inputs["word_mask"], labels=inputs["labels"],
                         output_hidden_states=need_hidden)
-        parts = distillation_loss(model, outputs, teacher_logits, teacher_hidden, inputs, weights, self.context)
+        parts = distillation_loss(outputs, teacher_logits, teacher_hidden, inputs, weights, self.context)
         total = parts.total
         if model.training:
-            total = self._guard_nonfinite(total)
+            total = self._guard_nonfinite(total, self.accelerator.unwrap_model(model))
             if torch.isfinite(parts.total):
                 for name in COMPONENTS:
                     self._since_log[name].append(float(getattr(parts, name).detach()))
         return (total, outputs) if return_outputs else total
 
-    def _guard_nonfinite(self, total: torch.Tensor) -> torch.Tensor:
-        if torch.isfinite(total):
+    def _guard_nonfinite(self, total: torch.Tensor, student: CrfStudent) -> torch.Tensor:
+        # Every rank skips when any rank saw a non-finite loss: ranks that disagreed would enter the
+        # gradient all-reduce with different steps and hang.
+        bad = torch.tensor(0.0 if torch.isfinite(total) else 1.0, device=total.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if not bad:
             return total
         self.nonfinite_steps += 1
         log.warning("non-finite loss at step %d (%d so far): step skipped", self.state.global_step,
@@ -130,8 +141,9 @@ class DistillTrainer(Trainer):
                 f"{self.nonfinite_steps} training steps had a NaN/inf loss (limit distill.max_nonfinite_steps="
                 f"{self.max_nonfinite_steps}); lower the learning rate, use precision: fp32 or bf16, "
                 "or check the teacher's outputs")
-        # A graph-free zero backpropagates nothing, so this micro-batch leaves the weights alone.
-        return torch.zeros((), device=total.device, requires_grad=True)
+        # Zero gradients for every parameter (x * 0 has gradient 0 even where x is not finite), through
+        # the same parameters on every rank, so DDP's reduction runs as usual and changes nothing.
+        return sum(param.sum() * 0.0 for param in student.parameters() if param.requires_grad)
 
     def prediction_step(self, model: CrfStudent, inputs: dict[str, torch.Tensor], prediction_loss_only: bool,
                         ignore_keys: Sequence[str] | None = None) -> tuple:
@@ -140,7 +152,7 @@ class DistillTrainer(Trainer):
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
-        paths = model.decode(outputs.emissions, inputs["word_mask"])
+        paths = self.accelerator.unwrap_model(model).decode(outputs.emissions, inputs["word_mask"])
         predictions = torch.full_like(inputs["labels"], -100)  # (B, W)
         for row, path in enumerate(paths):
             predictions[row, : len(path)] = torch.tensor(path, device=predictions.device)
@@ -195,7 +207,7 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
         log.warning("--resume: no checkpoint in %s, training from the start", checkpoint_dir)
     elif resume_from is not None:
         log.info("--resume: continuing from %s", resume_from)
-    if not resume and checkpoint_dir.exists():
+    if not resume and checkpoint_dir.exists() and tracking.is_main_process():
         # Checkpoints of an earlier run with other params would mix into rotation and best-model tracking.
         shutil.rmtree(checkpoint_dir)
     output = trainer.train(resume_from_checkpoint=resume_from)
@@ -214,11 +226,13 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
 def train_stage(params: Params, stage: Literal["distill", "finetune"], student: CrfStudent,
                 teacher: PreTrainedModel, tokenizer: Any, data: TrainingData, checkpoint_dir: Path, resume: bool,
                 out_dir: Path) -> TrainResult:
-    """Train `student` with the stage's loss curriculum and training knobs, save the best one."""
+    """Train `student` with the stage's loss curriculum and training knobs; the main process saves the
+    best one."""
     context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, stage)
     best, result = train_student(student, teacher, context, data, params.training(stage), params.base.seed,
                                  checkpoint_dir, resume)
-    save_student(best, tokenizer, out_dir)
+    if tracking.is_main_process():
+        save_student(best, tokenizer, out_dir)
     return result
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from nerdistill.io import write_csv
 
 COMPONENTS = ("ce", "kd", "hidden", "crf")
+# The components CSV names each term with its unit (losses.py): unweighted means on those scales.
+COMPONENT_COLUMNS = ("ce_per_word", "kd_per_word_x_T2", "hidden_per_subtoken_and_layer_pair", "crf_per_transition")
 HISTORY_HEADER = ("epoch", "train_loss", "val_loss", "val_f1", "val_precision", "val_recall", "lr", "pruning_ratio")
 
 
@@ -73,5 +75,5 @@ class TrainResult:
                   ([row["epoch"], *(row[k] for k in HISTORY_HEADER[1:-1]), pruning_ratio] for row in self.history))
 
     def write_components(self, path: Path) -> None:
-        write_csv(path, ("epoch", *COMPONENTS, "total"),
+        write_csv(path, ("epoch", *COMPONENT_COLUMNS, "total"),
                   ([row["epoch"], *(row[name] for name in COMPONENTS), row["train_loss"]] for row in self.history))

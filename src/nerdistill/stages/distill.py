@@ -11,6 +11,7 @@ from nerdistill.modeling import build_student, init_transitions, provenance
 from nerdistill.params import Params
 from nerdistill.plots import plot_training
 from nerdistill.teacher import check_against_teacher, load_teacher
+from nerdistill.tracking import is_main_process
 from nerdistill.trainer import train_stage
 
 
@@ -25,6 +26,8 @@ def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, compon
                             provenance=provenance(params))
     init_transitions(student, data.transitions)
     result = train_stage(params, "distill", student, teacher, tokenizer, data, checkpoint_dir, resume, out_dir)
+    if not is_main_process():
+        return result.summary()  # the main process writes the outputs
     result.write_history(history_csv, pruning_ratio=0.0)
     result.write_components(components_csv)
     plot_training(result.history, plot_png, f"distill: {params.student.num_layers}-layer student")
