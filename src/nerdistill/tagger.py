@@ -156,9 +156,9 @@ class NerTagger:
     @classmethod
     def load(cls, path_or_hub_id: str | Path, device: str | torch.device | None = None,
              max_length: int | None = None, stride: int | None = None, drop_types: Iterable[str] = (),
-             batch_size: int = 32, threads: int | None = None, source: str = "model") -> NerTagger:
+             batch_size: int = 32, threads: int | None = None, source: str | None = None) -> NerTagger:
         """A tagger for a student folder, an ONNX export folder, a teacher folder or a hub id.
-        `source` names where the path came from (`--model`, `teacher.model_name`) in errors.
+        `source` names where the path came from (`--model`, `teacher.model_name`), so errors say what to fix.
 
         `max_length`/`stride` (sub-tokens per window / shared by two windows) default to the
         student's training settings from its provenance, else to what the model's positions allow
@@ -166,7 +166,10 @@ class NerTagger:
         stride. `threads` sets onnxruntime's intra-op threads (torch's are the caller's to set).
         """
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        kind, folder = model_kind(path_or_hub_id)
+        try:
+            kind, folder = model_kind(path_or_hub_id)
+        except InputError as err:
+            raise InputError(f"{source} = {str(path_or_hub_id)!r}: {err}" if source else str(err)) from err
         if kind == "onnx":
             manifest = read_json(folder / ONNX_MANIFEST)
             backend: Backend = OnnxBackend(folder, manifest, device, threads)
@@ -180,7 +183,7 @@ class NerTagger:
             default_length, default_stride = student_window(model.config, tokenizer)
         else:
             try:
-                model, tokenizer = load_teacher(path_or_hub_id, device, key=source)
+                model, tokenizer = load_teacher(path_or_hub_id, device, key=source or "the model")
             except OSError as err:
                 raise InputError(str(err)) from err
             backend = TeacherBackend(model, device)
@@ -202,14 +205,8 @@ class NerTagger:
         """The teacher windowed as params say: `teacher.max_length` sub-tokens (at most what its
         positions take) sharing `teacher.stride`. annotate, evaluate and bench all tag the teacher
         through here, so its tags on a long line do not depend on which stage produced them."""
-        try:
-            tagger = cls.load(teacher.model_name, device, drop_types=drop_types, batch_size=teacher.batch_size,
-                              threads=threads, source="teacher.model_name")
-        except InputError as err:
-            message = str(err)
-            if "teacher.model_name" not in message:
-                message = f"teacher.model_name = {teacher.model_name!r}: {message}; point it at a teacher folder"
-            raise InputError(message) from err
+        tagger = cls.load(teacher.model_name, device, drop_types=drop_types, batch_size=teacher.batch_size,
+                          threads=threads, source="teacher.model_name")
         length = min(teacher.max_length, tagger.max_length)
         return cls(tagger.backend, tagger.words.tokenizer, length, min(teacher.stride, length // 2 - 1),
                    drop_types, teacher.batch_size)

@@ -201,32 +201,36 @@ def _experiment_id(client: Any) -> str:
         # --temp` stage runs in a scratch folder that is deleted afterwards.
         artifacts = (store.parent / "mlartifacts").as_uri() if store is not None else None
         return client.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=EXPERIMENT_KIND)
-    if any(experiment.tags.get(key) != value for key, value in EXPERIMENT_KIND.items()):
-        for key, value in EXPERIMENT_KIND.items():
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
             client.set_experiment_tag(experiment.experiment_id, key, value)
     return experiment.experiment_id
 
 
 def find_or_create_parent(params: Params) -> tuple[str, str]:
-    """(experiment id, parent run id) for this pipeline execution; call under parent_lock()."""
+    """(experiment id, parent run id) for this pipeline execution, created once per key even when
+    several processes ask at the same time."""
     import mlflow
     from mlflow.entities import Param
 
-    client = mlflow.MlflowClient()
-    experiment_id = _experiment_id(client)
-    key = pipeline_key(params)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
-                               order_by=["attributes.start_time ASC"], max_results=1)
-    if found:
-        client.update_run(found[0].info.run_id, status="RUNNING")
-        return experiment_id, found[0].info.run_id
-    tags = {KEY_TAG: key, "git_commit": git_commit()}
-    exp_name = os.environ.get("DVC_EXP_NAME")
-    if exp_name:
-        tags["dvc_exp_name"] = exp_name
-    run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
-    client.log_batch(run.info.run_id, params=[Param(name, str(value)) for name, value in params.flat().items()])
-    return experiment_id, run.info.run_id
+    with parent_lock():
+        # Inside the lock: the first client on a new SQLite store creates its schema.
+        client = mlflow.MlflowClient()
+        experiment_id = _experiment_id(client)
+        key = pipeline_key(params)
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'",
+                                   order_by=["attributes.start_time ASC"], max_results=1)
+        if found:
+            client.update_run(found[0].info.run_id, status="RUNNING")
+            return experiment_id, found[0].info.run_id
+        tags = {KEY_TAG: key, "git_commit": git_commit()}
+        exp_name = os.environ.get("DVC_EXP_NAME")
+        if exp_name:
+            tags["dvc_exp_name"] = exp_name
+        run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
+        client.log_batch(run.info.run_id,
+                         params=[Param(name, str(value)) for name, value in params.flat().items()])
+        return experiment_id, run.info.run_id
 
 
 def _end_parent(parent_id: str, status: str) -> None:
@@ -243,8 +247,7 @@ def stage_run(stage: str, params: Params, keys: Iterable[str] | None = None) -> 
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
-    with parent_lock():
-        experiment_id, parent_id = find_or_create_parent(params)
+    experiment_id, parent_id = find_or_create_parent(params)
     stage_params = params.flat() if keys is None else params.select(keys)
     status = "FAILED"
     try:
