@@ -70,13 +70,9 @@ class WordTokenizer:
         return [self._window(pieces, span, owner) for span, owner in zip(spans, owners)]
 
     def _pieces(self, words: Sequence[str]) -> list[list[int]]:
-        encoding = self.tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
-        pieces: list[list[int]] = [[] for _ in words]
-        for token_id, word in zip(encoding["input_ids"], encoding.word_ids()):
-            pieces[word].append(token_id)
         # Only the first sub-token of a word is read; capping lets one absurd "word" (a URL, a
         # base64 blob) still fit in a window.
-        return [p[:self.budget] if p else [self.tokenizer.unk_token_id] for p in pieces]
+        return [p[:self.budget] for p in word_pieces(self.tokenizer, words)]
 
     def _window(self, pieces: list[list[int]], span: tuple[int, int], owner: tuple[int, int]) -> Window:
         input_ids = list(self.prefix)
@@ -87,6 +83,17 @@ class WordTokenizer:
         input_ids.extend(self.suffix)
         word_ids = list(range(*span))
         return Window(input_ids, word_index, word_ids, [owner[0] <= w < owner[1] for w in word_ids])
+
+
+def word_pieces(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
+    """Sub-token ids of each word of a line, as every model input holds them; a word the tokenizer
+    turns into nothing gets the unknown token. Vocabulary trimming reads the same path, so the pieces
+    it keeps are the ones the model is fed."""
+    encoding = tokenizer(list(words), is_split_into_words=True, add_special_tokens=False)
+    pieces: list[list[int]] = [[] for _ in words]
+    for token_id, word in zip(encoding["input_ids"], encoding.word_ids()):
+        pieces[word].append(token_id)
+    return [p or [tokenizer.unk_token_id] for p in pieces]
 
 
 def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
