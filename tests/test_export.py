@@ -1,5 +1,5 @@
 """ONNX export: the exported graph (fp32 and dynamic int8) tags like the PyTorch student, pruned head
-counts survive, the folder is self-contained, and every model kind gives the same output format."""
+counts and FFN sizes survive, the folder is self-contained, and every model kind gives the same output format."""
 from __future__ import annotations
 
 import json
@@ -15,11 +15,12 @@ from nerdistill.io import InputError, read_json
 from nerdistill.modeling import FORBIDDEN, build_student, init_transitions, save_student
 from nerdistill.tagger import NerTagger
 from nerdistill.teacher import load_teacher
-from nerdistill.pruning import prune_heads
+from nerdistill.pruning import prune_ffn, prune_heads
 from nerdistill.tagger import NerTagger
 from nerdistill.text import entity_spans, split_words
 
 HEADS_KEPT = {0: [0, 2], 1: [1], 2: [0, 1, 2, 3], 3: [1, 3]}  # uneven on purpose: 2, 1, 4, 2 heads
+NEURONS_KEPT = {1: list(range(200)), 3: list(range(64, 256))}  # FFN sizes 256, 200, 256, 192
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def student_dir(tmp_path_factory, demo_teacher_dir, annotated_dir) -> Path:
             student.emissions.bias[i] = teacher.classifier.bias[source]
     init_transitions(student, read_json(annotated_dir / "transitions.json"))
     student.config.head_counts = prune_heads(student, HEADS_KEPT)
+    student.config.ffn_sizes = prune_ffn(student, NEURONS_KEPT)
     out = tmp_path_factory.mktemp("export") / "student"
     save_student(student, tokenizer, out)
     return out
@@ -69,7 +71,7 @@ def test_fp32_export_tags_exactly_like_pytorch(student_dir, fp32_dir, annotated_
     out, summary = fp32_dir
     assert summary["quantization"] == "none" and summary["max_abs_emission_diff"] < 1e-4
     manifest = read_json(out / "nerdistill_onnx.json")
-    assert manifest["head_counts"] == [2, 1, 4, 2]
+    assert manifest["head_counts"] == [2, 1, 4, 2] and manifest["ffn_sizes"] == [256, 200, 256, 192]
     files = {path.name for path in out.iterdir()}
     assert {"model.onnx", "crf.json", "nerdistill_onnx.json", "tokenizer_config.json"} <= files
     assert not list(out.glob("*.pkl")) and not list(out.glob("*.bin"))

@@ -3,6 +3,7 @@ exact save/load (pruned shapes included) and the teacher helpers."""
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from transformers import (AutoModel, BertConfig, BertForTokenClassification, Cam
 from nerdistill.labels import allowed_start, allowed_transition, student_labels, transition_prior
 from nerdistill.modeling import CrfStudent, StudentConfig, build_student, init_transitions, viterbi
 from nerdistill.teacher import load_teacher, teacher_forward
-from nerdistill.pruning import head_counts, prune_heads
+from nerdistill.pruning import ffn_sizes, head_counts, prune_ffn, prune_heads
 
 TEACHER_LABELS = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}
 STUDENT_LABELS = dict(enumerate(student_labels(TEACHER_LABELS, ["MISC"])))
@@ -169,10 +170,26 @@ def test_pruned_student_reloads_with_its_smaller_shapes(student, tmp_path: Path)
     assert torch.equal(student(**batch).emissions, loaded(**batch).emissions)
 
 
-def test_bad_head_counts_in_config_are_rejected(student):
+def test_student_with_uneven_heads_and_ffn_sizes_reloads_identically(student, tmp_path: Path):
+    student.config.head_counts = prune_heads(student.encoder, {0: [1, 3], 2: [0], 3: [0, 1, 2]})
+    student.config.ffn_sizes = prune_ffn(student.encoder, {0: list(range(0, 64, 3)), 1: [7], 3: list(range(40))})
+    assert student.config.ffn_sizes == [22, 1, 64, 40]
+    batch = make_batch()
+    student.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["ffn_sizes"] == [22, 1, 64, 40]
+    loaded = CrfStudent.from_pretrained(tmp_path).eval()
+    assert ffn_sizes(loaded.encoder) == [22, 1, 64, 40] and head_counts(loaded.encoder) == [2, 4, 1, 3]
+    assert loaded.encoder.encoder.layer[0].output.dense.weight.shape == (48, 22)
+    assert torch.equal(student(**batch).emissions, loaded(**batch).emissions)
+
+
+@pytest.mark.parametrize("key,value", [("head_counts", [4, 4, 0, 4]), ("head_counts", [4, 4, 4]),
+                                       ("ffn_sizes", [64, 0, 64, 64]), ("ffn_sizes", [64, 65, 64, 64]),
+                                       ("ffn_sizes", [64, 64])])
+def test_bad_pruned_sizes_in_config_are_rejected(student, key: str, value: list[int]):
     raw = student.config.to_dict()
-    with pytest.raises(ValueError, match="head_counts"):
-        StudentConfig(**{**raw, "head_counts": [4, 4, 0, 4]})
+    with pytest.raises(ValueError, match=key):
+        StudentConfig(**{**raw, key: value})
 
 
 def test_init_transitions_copies_prior_and_checks_label_order(student):

@@ -15,7 +15,7 @@ def test_shipped_params_are_the_seeds_configuration():
     assert params.teacher.model_name == "Jean-Baptiste/camembert-ner"
     assert params.student.num_layers == 10
     assert params.distill.temperature == 2.5
-    assert params.pruning.ratio == 0.25
+    assert params.pruning.ratio == 0.25 and params.pruning.ffn_ratio == 0.5
     assert (params.distill.epochs, params.finetune.epochs) == (10, 2)
     assert params.distill.batch_size == 16 and params.distill.learning_rate == 2e-5
     assert params.distill.layer_map.pairs() == [(2, 2), (4, 3), (6, 5), (8, 7), (10, 9), (12, 10)]
@@ -30,6 +30,8 @@ def test_every_student_layer_in_the_layer_map_starts_from_its_teacher_layer():
 @pytest.mark.parametrize("raw, key", [
     ({"pruning": {"ratio": 1.0}}, "pruning.ratio"),
     ({"pruning": {"ratio": -0.1}}, "pruning.ratio"),
+    ({"pruning": {"ffn_ratio": 1.0}}, "pruning.ffn_ratio"),
+    ({"pruning": {"ffn_ratio": -0.5}}, "pruning.ffn_ratio"),
     ({"distill": {"epochs": 0}}, "distill.epochs"),
     ({"distill": {"temperature": "hot"}}, "distill.temperature"),
     ({"distill": {"layer_map": {"teacher": [2, 4], "student": [2]}}}, "distill.layer_map"),

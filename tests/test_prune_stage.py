@@ -16,18 +16,19 @@ from nerdistill.modeling import CrfStudent, build_student, init_transitions
 from nerdistill.teacher import load_teacher
 from nerdistill.params import Params
 from nerdistill.params_reader import params_from_dict
-from nerdistill.pruning import HeadGates, head_counts
+from nerdistill.importance import HeadGates, NeuronGates
+from nerdistill.pruning import ffn_sizes, head_counts, mask_indices
 from nerdistill.stages import prune
 
 TEACHER_LAYERS = [2, 4]
 
 
-def _params(teacher_dir: Path, ratio: float, scope: str = "per_layer") -> Params:
+def _params(teacher_dir: Path, ratio: float, scope: str = "per_layer", ffn_ratio: float = 0.5) -> Params:
     return params_from_dict({
         "teacher": {"model_name": str(teacher_dir), "max_length": 64, "stride": 16},
         "student": {"num_layers": 2, "teacher_layers": TEACHER_LAYERS, "max_length": 64},
         "distill": {"layer_map": {"teacher": TEACHER_LAYERS, "student": [1, 2]}},
-        "pruning": {"ratio": ratio, "scope": scope, "num_batches": 2, "batch_size": 8},
+        "pruning": {"ratio": ratio, "ffn_ratio": ffn_ratio, "scope": scope, "num_batches": 2, "batch_size": 8},
     })
 
 
@@ -60,15 +61,26 @@ def _val_batch(data_dir: Path, model_dir: Path) -> dict[str, torch.Tensor]:
     return next(iter(DataLoader(data.val, batch_size=8, collate_fn=data.collator)))
 
 
-def _gated_emissions(student_dir: Path, kept: list[list[int]], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Emissions of the unpruned student with every head outside `kept` gated to zero."""
+def _mask(kept: list[list[int]], sizes: list[int]) -> torch.Tensor:
+    gates = torch.zeros(len(sizes), max(sizes))
+    for layer, units in enumerate(kept):
+        gates[layer, units] = 1.0
+    return gates
+
+
+def _gated_emissions(student_dir: Path, kept: list[list[int]], neurons: list[list[int]],
+                     batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Emissions of the unpruned student with every head outside `kept` and every FFN neuron
+    outside `neurons` gated to zero."""
     student = CrfStudent.from_pretrained(student_dir).eval()
-    counts = head_counts(student)
-    gates = torch.zeros(len(counts), max(counts))
-    for layer, heads in enumerate(kept):
-        gates[layer, heads] = 1.0
-    with torch.no_grad(), HeadGates(student, gates):
+    with (torch.no_grad(), HeadGates(student, _mask(kept, head_counts(student))),
+          NeuronGates(student, _mask(neurons, ffn_sizes(student)))):
         return student(**batch).emissions
+
+
+def _neurons_kept(model_dir: Path) -> list[list[int]]:
+    config = json.loads((model_dir / "config.json").read_text())
+    return [mask_indices(mask) for mask in config["provenance"]["neurons_kept_mask"]]
 
 
 def test_pruned_model_is_smaller_reloads_and_equals_the_gated_original(first, student_dir: Path,
@@ -83,6 +95,16 @@ def test_pruned_model_is_smaller_reloads_and_equals_the_gated_original(first, st
     assert metrics["heads_before"] == sum(original) and metrics["heads_after"] == sum(expected_counts)
     assert metrics["heads_removed"] == sum(original) - sum(expected_counts)
     assert metrics["params_after"] == sum(p.numel() for p in pruned.parameters()) < metrics["params_before"]
+    sizes = ffn_sizes(CrfStudent.from_pretrained(student_dir))
+    expected_sizes = [size - size // 2 for size in sizes]  # floor(0.5 * neurons) removed per layer
+    assert ffn_sizes(pruned) == pruned.config.ffn_sizes == metrics["ffn_sizes_after"] == expected_sizes
+    assert metrics["ffn_sizes_before"] == sizes and metrics["neurons_before"] == sum(sizes)
+    assert metrics["neurons_after"] == sum(expected_sizes)
+    assert metrics["neurons_removed"] == metrics["neurons_removed_requested"] == sum(sizes) - sum(expected_sizes)
+    hidden = pruned.config.encoder.hidden_size
+    assert metrics["params_removed_ffn"] == metrics["neurons_removed"] * (2 * hidden + 1)
+    assert metrics["params_removed_heads"] + metrics["params_removed_ffn"] == metrics["params_removed"]
+    assert metrics["params_removed_heads"] > 0 and metrics["ffn_ratio"] == 0.5
     assert metrics["bytes_after"] < metrics["bytes_before"]
     assert 0.0 <= metrics["val_f1_after"] <= 1.0 and 0.0 <= metrics["val_f1_before"] <= 1.0
 
@@ -91,13 +113,18 @@ def test_pruned_model_is_smaller_reloads_and_equals_the_gated_original(first, st
         assert sorted(entry["kept"] + entry["removed"]) == list(range(count))
     assert pruned.config.provenance["heads_kept"] == kept and pruned.config.provenance["run"] == "test"
 
+    neurons = _neurons_kept(root / "pruned")
+    assert [len(kept) for kept in neurons] == expected_sizes
+
     batch = _val_batch(annotated_dir, root / "pruned")
     with torch.no_grad():
         got = pruned(**batch).emissions
-    torch.testing.assert_close(got, _gated_emissions(student_dir, kept, batch), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, _gated_emissions(student_dir, kept, neurons, batch), atol=1e-5, rtol=1e-5)
 
     importance = read_json(root / "importance.json")
     assert [len(row) for row in importance["layers"]] == original
+    assert [(layer["units"], layer["kept"]) for layer in importance["ffn"]] == list(zip(sizes, expected_sizes))
+    assert all(layer["highest_removed"] <= layer["lowest_kept"] for layer in importance["ffn"])
     assert (root / "heads.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -105,6 +132,7 @@ def test_pruning_a_pruned_model_reports_original_head_numbers(first, student_dir
                                                              demo_teacher_dir: Path, tmp_path: Path) -> None:
     root, _ = first
     first_kept = [entry["kept"] for entry in read_json(root / "pruned" / "heads_pruned.json")["layers"]]
+    first_neurons = _neurons_kept(root / "pruned")
     metrics = _prune(_params(demo_teacher_dir, 0.5, "global"), root / "pruned", annotated_dir, tmp_path)
     layers = read_json(tmp_path / "pruned" / "heads_pruned.json")["layers"]
     kept = [entry["kept"] for entry in layers]
@@ -113,19 +141,39 @@ def test_pruning_a_pruned_model_reports_original_head_numbers(first, student_dir
         assert set(entry["kept"]) <= set(before) and entry["kept"]
         assert set(entry["removed_now"]) == set(before) - set(entry["kept"])
     assert read_json(tmp_path / "importance.json")["original_heads"] == first_kept
+    neurons = _neurons_kept(tmp_path / "pruned")
+    assert all(set(now) < set(before) for now, before in zip(neurons, first_neurons))
+    assert metrics["neurons_removed_requested"] == sum(len(kept) for kept in first_neurons) // 2  # global
+    assert metrics["neurons_removed"] == sum(map(len, first_neurons)) - sum(map(len, neurons))
 
     batch = _val_batch(annotated_dir, tmp_path / "pruned")
     twice = CrfStudent.from_pretrained(tmp_path / "pruned").eval()
     with torch.no_grad():
         got = twice(**batch).emissions
-    torch.testing.assert_close(got, _gated_emissions(student_dir, kept, batch), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, _gated_emissions(student_dir, kept, neurons, batch), atol=1e-5, rtol=1e-5)
 
 
-def test_ratio_zero_keeps_every_head(student_dir: Path, annotated_dir: Path, demo_teacher_dir: Path,
-                                     tmp_path: Path) -> None:
-    metrics = _prune(_params(demo_teacher_dir, 0.0), student_dir, annotated_dir, tmp_path)
-    assert metrics["heads_removed"] == 0 and metrics["params_after"] == metrics["params_before"]
+def test_ratios_zero_leave_the_model_unchanged(student_dir: Path, annotated_dir: Path, demo_teacher_dir: Path,
+                                               tmp_path: Path) -> None:
+    metrics = _prune(_params(demo_teacher_dir, 0.0, ffn_ratio=0.0), student_dir, annotated_dir, tmp_path)
+    assert metrics["heads_removed"] == metrics["neurons_removed"] == 0
+    assert metrics["params_after"] == metrics["params_before"] and metrics["params_removed_ffn"] == 0
     assert metrics["val_f1_after"] == metrics["val_f1_before"]
+    original, pruned = CrfStudent.from_pretrained(student_dir).eval(), CrfStudent.from_pretrained(tmp_path / "pruned")
+    assert pruned.config.ffn_sizes is None and "neurons_kept_mask" not in pruned.config.provenance
+    state = original.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in pruned.state_dict().items())
+    batch = _val_batch(annotated_dir, tmp_path / "pruned")
+    with torch.no_grad():
+        assert torch.equal(pruned.eval()(**batch).emissions, original(**batch).emissions)
+
+
+def test_ffn_ratio_zero_prunes_heads_only(student_dir: Path, annotated_dir: Path, demo_teacher_dir: Path,
+                                          tmp_path: Path) -> None:
+    metrics = _prune(_params(demo_teacher_dir, 0.5, ffn_ratio=0.0), student_dir, annotated_dir, tmp_path)
+    pruned = CrfStudent.from_pretrained(tmp_path / "pruned")
+    assert metrics["heads_removed"] > 0 and metrics["neurons_removed"] == metrics["params_removed_ffn"] == 0
+    assert pruned.config.ffn_sizes is None and metrics["ffn_sizes_after"] == metrics["ffn_sizes_before"]
 
 
 def test_pruned_model_without_head_provenance_is_refused(first, annotated_dir: Path, demo_teacher_dir: Path,
@@ -133,9 +181,14 @@ def test_pruned_model_without_head_provenance_is_refused(first, annotated_dir: P
     root, _ = first
     model_dir = tmp_path / "model"
     pruned = CrfStudent.from_pretrained(root / "pruned")
+    first_provenance = pruned.config.provenance
     pruned.config.provenance = {}
     pruned.save_pretrained(model_dir)
     with pytest.raises(ValueError, match="heads_kept"):
         _prune(_params(demo_teacher_dir, 0.25), model_dir, annotated_dir, tmp_path / "out")
     assert json.loads((model_dir / "config.json").read_text())["head_counts"] == pruned.config.head_counts
     assert not (tmp_path / "out" / "pruned").exists()
+    pruned.config.provenance = {"heads_kept": first_provenance["heads_kept"]}
+    pruned.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match="neurons_kept_mask"):
+        _prune(_params(demo_teacher_dir, 0.25), model_dir, annotated_dir, tmp_path / "out")

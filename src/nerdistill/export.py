@@ -80,7 +80,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
             "format": "nerdistill-onnx", "model_file": MODEL_FILE, "inputs": list(INPUTS), "outputs": ["emissions"],
             "quantization": "dynamic-int8" if int8 else "none", "max_length": max_length, "stride": stride,
             "max_positions": max_positions, "source": str(model_dir), "head_counts": student.config.head_counts,
-            "provenance": student.config.provenance,
+            "ffn_sizes": student.config.ffn_sizes, "provenance": student.config.provenance,
         }
         write_json(tmp / ONNX_MANIFEST, manifest)
         max_diff = _max_difference(student, tmp / MODEL_FILE, example)

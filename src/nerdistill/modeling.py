@@ -6,8 +6,8 @@ each word's emission is read at its first sub-token (`word_index`) and words are
 left-packed (`word_mask`), because pytorch-crf needs the first position of every sequence on.
 
 A saved student folder holds `config.json` (a `StudentConfig`: encoder config, head counts
-once pruned, labels, provenance) and `model.safetensors`; `CrfStudent.from_pretrained`
-rebuilds the pruned shapes from `head_counts` before it loads the weights.
+and FFN sizes once pruned, labels, provenance) and `model.safetensors`; `CrfStudent.from_pretrained`
+rebuilds the pruned shapes from `head_counts` and `ffn_sizes` before it loads the weights.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from transformers.utils import ModelOutput
 from nerdistill.io import atomic_dir, write_json
 from nerdistill.labels import allowed_start, allowed_transition
 from nerdistill.params import Params
-from nerdistill.pruning import resize_heads
+from nerdistill.pruning import resize_ffn, resize_heads
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,16 @@ FORBIDDEN = -1e4
 
 
 class StudentConfig(PreTrainedConfig):
-    """Encoder config + what the student adds: labels, pruned head counts, provenance.
+    """Encoder config + what the student adds: labels, pruned head counts and FFN sizes, provenance.
 
     `encoder` is the encoder's own config (camembert, roberta, bert, xlm-roberta...), saved
     as a nested dict with its model_type. `head_counts[i]` is the number of attention heads
-    layer i keeps after pruning (None: unpruned). `teacher_hidden_size` sizes the projection
-    used by the hidden-state loss when the two widths differ. `provenance` records the
-    teacher, the copied teacher layers, the layer map and the resolved params.
+    layer i keeps after pruning, `ffn_sizes[i]` the number of its FFN (intermediate) neurons
+    (None: that part unpruned). `teacher_hidden_size` sizes the projection used by the
+    hidden-state loss when the two widths differ. `provenance` records the teacher, the copied
+    teacher layers, the layer map and the resolved params; after prune also `heads_kept` (original
+    head numbers per layer) and `neurons_kept_mask` (original FFN neurons per layer, as
+    `pruning.index_mask` hex bitmasks).
     """
 
     model_type = "nerdistill-crf-student"
@@ -52,6 +55,7 @@ class StudentConfig(PreTrainedConfig):
 
     encoder: PreTrainedConfig | dict | None = None
     head_counts: list[int] | None = None
+    ffn_sizes: list[int] | None = None
     teacher_hidden_size: int | None = None
     classifier_dropout: float = 0.1
     provenance: dict | None = None
@@ -60,12 +64,17 @@ class StudentConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         if self.teacher_hidden_size is None:
             self.teacher_hidden_size = self.encoder.hidden_size
-        if self.head_counts is not None:
-            self.head_counts = [int(count) for count in self.head_counts]
-            layers, heads = self.encoder.num_hidden_layers, self.encoder.num_attention_heads
-            if len(self.head_counts) != layers or not all(1 <= c <= heads for c in self.head_counts):
-                raise ValueError(f"config head_counts = {self.head_counts}: expected {layers} counts, "
-                                 f"each in 1..{heads} (one per encoder layer)")
+        layers = self.encoder.num_hidden_layers
+        for key, largest in (("head_counts", self.encoder.num_attention_heads),
+                             ("ffn_sizes", self.encoder.intermediate_size)):
+            sizes = getattr(self, key)
+            if sizes is None:
+                continue
+            sizes = [int(size) for size in sizes]
+            if len(sizes) != layers or not all(1 <= size <= largest for size in sizes):
+                raise ValueError(f"config {key} = {sizes}: expected {layers} numbers, "
+                                 f"each in 1..{largest} (one per encoder layer)")
+            setattr(self, key, sizes)
 
 
 @dataclass
@@ -97,6 +106,8 @@ class CrfStudent(PreTrainedModel):
         if config.head_counts is not None:
             # Before any weights load: a pruned checkpoint only fits the smaller shapes.
             resize_heads(self.encoder, config.head_counts)
+        if config.ffn_sizes is not None:
+            resize_ffn(self.encoder, config.ffn_sizes)
         hidden = config.encoder.hidden_size
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.emissions = nn.Linear(hidden, config.num_labels)

@@ -155,12 +155,15 @@ class DistillParams:
 @dataclass(frozen=True)
 class PruningParams:
     ratio: float = 0.25
+    ffn_ratio: float = 0.5
     scope: Literal["per_layer", "global"] = "per_layer"
     num_batches: int = 32
     batch_size: int = 16
 
     def validate(self, key: str) -> None:
         _check(0.0 <= self.ratio < 1.0, f"{key}.ratio", self.ratio, "a fraction in [0, 1)")
+        _check(0.0 <= self.ffn_ratio < 1.0, f"{key}.ffn_ratio", self.ffn_ratio,
+               "a fraction in [0, 1); 0 leaves the FFN layers whole")
         _check(self.num_batches >= 1, f"{key}.num_batches", self.num_batches, "an integer >= 1")
         _check(self.batch_size >= 1, f"{key}.batch_size", self.batch_size, "an integer >= 1")
 

@@ -40,10 +40,13 @@ def plot_training(rows: Sequence[dict[str, float]], path: str | Path, title: str
     save_figure(fig, path)
 
 
-def plot_importance(importance: torch.Tensor, keep: Mapping[int, list[int]], path: str | Path) -> None:
-    """Heatmap of head importance (layers x heads); pruned heads crossed out."""
+def plot_importance(importance: torch.Tensor, keep: Mapping[int, list[int]], ffn_before: Sequence[int],
+                    ffn_after: Sequence[int], path: str | Path) -> None:
+    """Left: heatmap of head importance (layers x heads), pruned heads crossed out. Right: FFN
+    neurons per layer before and after pruning."""
     layers, heads = importance.shape
-    fig, ax = plt.subplots(figsize=(3.0 + 0.5 * heads, 1.5 + 0.4 * layers))
+    fig, (ax, ffn_ax) = plt.subplots(1, 2, figsize=(8.0 + 0.5 * heads, 1.5 + 0.4 * layers),
+                                     gridspec_kw={"width_ratios": [3.0 + 0.5 * heads, 5.0]})
     image = ax.imshow(importance.numpy(), cmap="viridis", aspect="auto")
     fig.colorbar(image, ax=ax, label="importance (L2-normalised per layer)")
     for layer in range(layers):
@@ -55,6 +58,13 @@ def plot_importance(importance: torch.Tensor, keep: Mapping[int, list[int]], pat
     ax.set_xlabel("head (index in the model pruned)")
     ax.set_ylabel("layer (0-based)")
     ax.set_title("Attention head importance (x = pruned)")
+    ffn_ax.barh(range(layers), ffn_before, color="lightgrey", label="before")
+    ffn_ax.barh(range(layers), ffn_after, color="tab:green", label="kept")
+    for layer, kept in enumerate(ffn_after):
+        ffn_ax.text(kept, layer, f" {kept}", va="center", fontsize=8)
+    ffn_ax.set(yticks=range(layers), ylim=(layers - 0.5, -0.5), xlabel="FFN neurons",
+               title="FFN neurons kept per layer")
+    ffn_ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, path)
 
 

@@ -1,0 +1,240 @@
+"""Which attention heads and FFN neurons matter, and which to remove (`pruning` removes them).
+
+- `HeadGates` multiplies each head's output by a gate, `NeuronGates` each FFN (intermediate)
+  neuron's activation, through forward pre-hooks on the layer's output projections
+  (`attention.output.dense`, `output.dense`). Gating the attention output, not the attention
+  probabilities, works with SDPA and flash attention, which never expose the probabilities.
+- `score` is the gradient of both gate sets from one backward pass per batch (Michel et al.,
+  2019, "Are Sixteen Heads Really Better than One?", for heads; the same grad x activation
+  score for neurons): |sum over tokens of grad x activation| of each unit's output, summed over
+  batches and L2-normalised per layer.
+- `select_heads` / `select_neurons` turn scores into the units to keep, with one rounding rule.
+
+Indices refer to the heads and neurons each layer has now (see `pruning`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from itertools import islice
+from types import TracebackType
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from nerdistill.pruning import encoder_layers, ffn_sizes, head_counts
+
+log = logging.getLogger(__name__)
+
+Scope = Literal["per_layer", "global"]
+ROUNDING_RULE = ("removed = floor(ratio * units + 1e-9), units (heads or FFN neurons) counted per layer "
+                 "(per_layer) or in total (global)")
+# A layer keeps at least this share of its FFN neurons (and at least one head). Global scope ranks
+# normalised scores across layers, so a layer whose importance is spread evenly could otherwise
+# lose nearly all of its FFN; per_layer at any ratio up to 0.95 never reaches this floor.
+MIN_NEURON_SHARE = 0.05
+
+
+class _Gates:
+    """Multiply each unit's slice of the input of `projection(layer)` by `gates[layer, unit]` while open.
+
+    `gates` defaults to ones with `requires_grad=True` (for importance); pass a 0/1 tensor to
+    mask units. Shape (layers, max units); columns past a layer's unit count are unused.
+    """
+
+    def __init__(self, encoder: nn.Module, counts: list[int], projection: Callable[[nn.Module], nn.Linear],
+                 gates: torch.Tensor | None) -> None:
+        self.layers = encoder_layers(encoder)
+        self.counts = counts
+        self._projection = projection
+        if gates is None:
+            device = projection(self.layers[0]).weight.device
+            gates = torch.ones(len(counts), max(counts), device=device, requires_grad=True)
+        if gates.dim() != 2 or gates.shape[0] != len(counts) or gates.shape[1] < max(counts):
+            raise ValueError(f"gates shape {tuple(gates.shape)} must be (layers={len(counts)}, "
+                             f">= max units per layer={max(counts)})")
+        self.gates = gates
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> _Gates:
+        for index, (layer, count) in enumerate(zip(self.layers, self.counts)):
+            hook = self._hook(index, count)
+            self._handles.append(self._projection(layer).register_forward_pre_hook(hook))
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, index: int, units: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor]]:
+        def gate(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
+            features = args[0]  # (B, T, units * unit_size); unit_size = head size, or 1 for neurons
+            per_unit = features.unflatten(-1, (units, -1))  # (B, T, units, unit_size)
+            weights = self.gates[index, :units].to(features.dtype)[:, None]  # (units, 1)
+            return ((per_unit * weights).flatten(-2),)
+        return gate
+
+
+class HeadGates(_Gates):
+    """Gates on attention heads: (layers, max heads)."""
+
+    def __init__(self, encoder: nn.Module, gates: torch.Tensor | None = None) -> None:
+        super().__init__(encoder, head_counts(encoder), lambda layer: layer.attention.output.dense, gates)
+
+
+class NeuronGates(_Gates):
+    """Gates on FFN neurons, after the activation: (layers, max FFN size)."""
+
+    def __init__(self, encoder: nn.Module, gates: torch.Tensor | None = None) -> None:
+        super().__init__(encoder, ffn_sizes(encoder), lambda layer: layer.output.dense, gates)
+
+
+class Importance(NamedTuple):
+    """Per-unit importance, each layer's row L2-normalised; NaN where a layer lacks the unit."""
+
+    heads: torch.Tensor  # (layers, max heads)
+    neurons: torch.Tensor  # (layers, max FFN size)
+
+
+def score(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+          loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor], num_batches: int) -> Importance:
+    """Head and neuron importance from one backward pass per batch.
+
+    Importance = sum over batches of |d loss / d gate|; the gate gradient equals the sum over
+    tokens of grad x activation of the unit's output. Heads or neurons a layer does not have
+    (after an uneven pruning) are NaN. Runs in eval mode so that dropout does not add noise.
+    """
+    device = next(model.parameters()).device
+    heads, neurons = HeadGates(model), NeuronGates(model)
+    totals = [torch.zeros_like(heads.gates), torch.zeros_like(neurons.gates)]
+    was_training = model.training
+    model.eval()
+    used = 0
+    try:
+        with heads, neurons:
+            for batch in tqdm(islice(batches, num_batches), total=num_batches, desc="importance", unit="batch"):
+                batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value
+                         for key, value in batch.items()}
+                grads = torch.autograd.grad(loss_fn(model, batch), (heads.gates, neurons.gates))
+                if not all(torch.isfinite(grad).all() for grad in grads):
+                    # A NaN would later read as "this unit does not exist" and silently spare it.
+                    raise ValueError(f"importance: non-finite loss gradient on batch {used}; the model "
+                                     "or the teacher produces NaN/inf outputs on this data")
+                for total, grad in zip(totals, grads):
+                    total += grad.abs()
+                used += 1
+    finally:
+        model.train(was_training)
+    if used < num_batches:
+        log.warning("importance: only %d batches available, %d requested", used, num_batches)
+    if used == 0:
+        raise ValueError("importance needs at least one batch; the data set is empty")
+    return Importance(_normalise_per_layer(totals[0].detach().cpu(), heads.counts),
+                      _normalise_per_layer(totals[1].detach().cpu(), neurons.counts))
+
+
+def _normalise_per_layer(total: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    importance = torch.full_like(total, math.nan)
+    for index, count in enumerate(counts):
+        row = total[index, :count]
+        importance[index, :count] = row / (row.norm() + 1e-20)
+    return importance
+
+
+def select_heads(importance: torch.Tensor, ratio: float,
+                 scope: Scope = "per_layer") -> tuple[dict[int, list[int]], dict[str, Any]]:
+    """Heads to keep per layer and a report; a layer always keeps its most important head."""
+    return _select(importance, ratio, scope, "heads", lambda units: 1)
+
+
+def select_neurons(importance: torch.Tensor, ratio: float,
+                   scope: Scope = "per_layer") -> tuple[dict[int, list[int]], dict[str, Any]]:
+    """FFN neurons to keep per layer and a report; a layer always keeps its most important
+    ceil(MIN_NEURON_SHARE * neurons)."""
+    return _select(importance, ratio, scope, "neurons", lambda units: math.ceil(MIN_NEURON_SHARE * units))
+
+
+def _select(importance: torch.Tensor, ratio: float, scope: Scope, unit: str,
+            minimum: Callable[[int], int]) -> tuple[dict[int, list[int]], dict[str, Any]]:
+    """Units to keep per layer (least important removed first) and a report of what was done.
+
+    The one rounding rule (ROUNDING_RULE): remove floor(ratio * units + 1e-9), counting units per
+    layer or in total; the 1e-9 keeps 0.25 * 12 from rounding down to 2 on float error. A layer
+    left below `minimum(its units)` gets its most important removed units back, with a warning and
+    a line in the report. NaN entries (units a layer does not have) are ignored.
+    """
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"pruning ratio {ratio} must be a fraction in [0, 1]")
+    if scope not in ("per_layer", "global"):
+        raise ValueError(f"pruning scope {scope!r}; allowed values: per_layer, global")
+    rows = importance.tolist()
+    present = [[index for index, value in enumerate(row) if not math.isnan(value)] for row in rows]
+    # (importance, layer, unit) from least to most important; ties broken by position for determinism.
+    ranked = sorted((rows[layer][index], layer, index) for layer, units in enumerate(present) for index in units)
+    total = len(ranked)
+    removed: dict[int, list[int]] = {layer: [] for layer in range(len(present))}
+    if scope == "per_layer":
+        quota = {layer: math.floor(ratio * len(units) + 1e-9) for layer, units in enumerate(present)}
+        for _, layer, index in ranked:
+            if len(removed[layer]) < quota[layer]:
+                removed[layer].append(index)
+        requested = sum(quota.values())
+    else:
+        requested = math.floor(ratio * total + 1e-9)
+        for _, layer, index in ranked[:requested]:
+            removed[layer].append(index)
+    spared = _spare(rows, present, removed, minimum, unit)
+    keep = {}
+    for layer, units in enumerate(present):
+        gone = set(removed[layer])
+        keep[layer] = [index for index in units if index not in gone]
+    report = {
+        "ratio": ratio, "scope": scope, "rounding_rule": ROUNDING_RULE,
+        f"{unit}_before": total, "removed_requested": requested,
+        "removed": sum(len(units) for units in removed.values()),
+        f"{unit}_after": sum(len(units) for units in keep.values()),
+        "layers_spared": spared,
+    }
+    return keep, report
+
+
+def _spare(rows: list[list[float]], present: list[list[int]], removed: dict[int, list[int]],
+           minimum: Callable[[int], int], unit: str) -> list[int]:
+    spared = []
+    for layer, units in enumerate(present):
+        floor = min(len(units), max(1, minimum(len(units))))
+        missing = floor - (len(units) - len(removed[layer]))
+        if units and missing > 0:
+            back = set(sorted(removed[layer], key=lambda index: (-rows[layer][index], index))[:missing])
+            removed[layer] = [index for index in removed[layer] if index not in back]
+            spared.append(layer)
+            log.warning("pruning would leave layer %d with fewer than %d %s; giving back its %d most important",
+                        layer, floor, unit, missing)
+    return spared
+
+
+def layer_summary(importance: torch.Tensor, keep: Mapping[int, list[int]],
+                  quantiles: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)) -> list[dict[str, Any]]:
+    """Per layer: units, kept, importance quantiles and the cut (highest removed, lowest kept score).
+
+    For FFN neurons, where the per-unit scores (thousands per layer) are too many for a JSON file
+    meant to be read."""
+    summary = []
+    for layer, row in enumerate(importance.tolist()):
+        scores = {index: value for index, value in enumerate(row) if not math.isnan(value)}
+        kept = set(keep.get(layer, scores))
+        values = torch.tensor(list(scores.values()), dtype=torch.float64)
+        removed = [value for index, value in scores.items() if index not in kept]
+        summary.append({
+            "layer": layer, "units": len(scores), "kept": len(kept),
+            "quantiles": dict(zip((f"q{round(100 * q)}" for q in quantiles),
+                                  torch.quantile(values, torch.tensor(quantiles, dtype=torch.float64)).tolist())),
+            "highest_removed": max(removed, default=None),
+            "lowest_kept": min((scores[index] for index in kept), default=None),
+        })
+    return summary
