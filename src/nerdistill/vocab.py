@@ -56,16 +56,8 @@ def trim_student(student: CrfStudent, tokenizer: PreTrainedTokenizerBase, senten
     encoder_config = student.config.encoder
     config_ids = [getattr(encoder_config, f"{name}_token_id", None) for name in ("pad", "bos", "eos")]
     trimmed, kept, reasons = trim_tokenizer(tokenizer, sentences, fixed_ids=[i for i in config_ids if i is not None])
-    embeddings = student.encoder.get_input_embeddings()
-    if kept[-1] >= embeddings.num_embeddings:
-        raise ValueError(f"the tokenizer has id {kept[-1]} but the student's embeddings only "
-                         f"{embeddings.num_embeddings} rows; the student and its tokenizer do not belong together")
     parameters_before = _parameters(student)
-    rows_before = embeddings.num_embeddings
-    student.encoder.set_input_embeddings(_sliced(embeddings, kept))
-    encoder_config.vocab_size = len(kept)  # the encoder's own config: from_pretrained sizes the rows by it
-    student.config.provenance = {**(student.config.provenance or {}),
-                                 "vocab": {"rule": RULE, "before": rows_before, "after": len(kept)}}
+    rows_before = keep_rows(student, kept, RULE)
     parameters_after = _parameters(student)
     report = {
         "tokenizer_model": type(tokenizer.backend_tokenizer.model).__name__,
@@ -77,6 +69,21 @@ def trim_student(student: CrfStudent, tokenizer: PreTrainedTokenizerBase, senten
     log.info("vocabulary trimmed: %d -> %d rows (%.1f%%), %d parameters saved", rows_before, len(kept),
              100 * report["rows_kept_share"], report["parameters_saved"])
     return student, trimmed, report
+
+
+def keep_rows(student: CrfStudent, kept: list[int], rule: str) -> int:
+    """Keep only embedding rows `kept` (in that order) and size the config by them; returns the rows
+    before. `rule` says in the provenance why these rows (trim_student's, or the shape benchmark's share)."""
+    embeddings = student.encoder.get_input_embeddings()
+    if kept[-1] >= embeddings.num_embeddings:
+        raise ValueError(f"the tokenizer has id {kept[-1]} but the student's embeddings only "
+                         f"{embeddings.num_embeddings} rows; the student and its tokenizer do not belong together")
+    rows_before = embeddings.num_embeddings
+    student.encoder.set_input_embeddings(_sliced(embeddings, kept))
+    student.config.encoder.vocab_size = len(kept)  # the encoder's own config: from_pretrained sizes the rows by it
+    student.config.provenance = {**(student.config.provenance or {}),
+                                 "vocab": {"rule": rule, "before": rows_before, "after": len(kept)}}
+    return rows_before
 
 
 def trim_tokenizer(tokenizer: PreTrainedTokenizerBase, sentences: Iterable[list[str]],

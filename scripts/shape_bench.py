@@ -1,0 +1,221 @@
+"""Shape benchmark: what the pipeline's compression buys on CamemBERT-base's shape, with no hub.
+
+Builds a random-weight teacher with camembert-ner's shape (CamemBERT-base: 12 layers, width 768,
+12 heads, FFN 3072, 32,005 rows, 5 IO labels), then runs the project's own steps on it with the
+params.yaml values: build the student (`student.teacher_layers`), score heads and FFN neurons and
+remove them (`pruning.ratio`, `pruning.ffn_ratio`, `pruning.scope`), trim the vocabulary, export
+to ONNX int8. Random weights time and weigh exactly like trained ones; quality is not measured here.
+
+Vocabulary: CamemBERT's tokenizer cannot be downloaded here, so the trimmed row count is the share
+of rows a real run kept (`--rows-kept-share`, from a real run's metrics/export.json
+`vocab.rows_kept_share`) applied to the 32,005 rows; the file says so. Token ids come from a small
+SentencePiece tokenizer trained on the sample corpus (ids below its ~1,000 pieces, all kept rows).
+
+Timing: the bench stage's own measure (nerdistill.benchmark.Timer: model forward plus CRF Viterbi or
+argmax on pre-collated windows), batch 1 on a `--tokens`-sub-token document, every variant once per
+round in rotated order (interleaved), `--warmup` rounds discarded. Writes `--out` (JSON) and prints it.
+
+    python scripts/shape_bench.py --rows-kept-share 0.43 --out metrics/shape_bench.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import CamembertConfig, CamembertForTokenClassification
+
+from nerdistill import benchmark as bm
+from nerdistill import importance, pruning
+from nerdistill.demo import train_tokenizer
+from nerdistill.export import export_onnx
+from nerdistill.io import write_json
+from nerdistill.labels import student_labels
+from nerdistill.modeling import build_student, save_student
+from nerdistill.params import Params
+from nerdistill.params_reader import load_params
+from nerdistill.tagger import load_tagger
+from nerdistill.text import split_words
+from nerdistill.vocab import keep_rows
+
+log = logging.getLogger("shape_bench")
+
+REPO = Path(__file__).resolve().parents[1]
+IO_LABELS = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}  # Jean-Baptiste/camembert-ner's
+SHAPES = {
+    # CamemBERT-base's config.json, as camembert-ner ships it.
+    "camembert-base": dict(vocab_size=32005, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                           intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+                           pad_token_id=1, bos_token_id=0, eos_token_id=2),
+    # The same depth with tiny widths: for the test that keeps this script working.
+    "tiny": dict(vocab_size=2000, hidden_size=32, num_hidden_layers=12, num_attention_heads=4,
+                 intermediate_size=64, max_position_embeddings=514, type_vocab_size=1,
+                 pad_token_id=1, bos_token_id=0, eos_token_id=2),
+}
+VARIANTS = ("teacher_fp32", "teacher_int8", "student_fp32", "student_int8_onnx")
+TARGET_RATIO = 0.25
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not 0.0 < args.rows_kept_share <= 1.0:
+        sys.exit(f"--rows-kept-share {args.rows_kept_share}: give the share (0, 1] of rows a real run kept "
+                 "(metrics/export.json vocab.rows_kept_share)")
+    params = load_params(args.params)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(params.base.seed)
+    with tempfile.TemporaryDirectory(prefix="shape_bench_") as work:
+        result = run(params, args, Path(work))
+    write_json(args.out, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
+    tokenizer_dir = train_tokenizer(REPO / "data" / "raw" / "corpus.txt", work / "tokenizer")
+    teacher_dir, student_dir, onnx_dir = work / "teacher", work / "student", work / "student_int8"
+    teacher, tokenizer = _teacher(args.shape, tokenizer_dir, teacher_dir)
+    labels = student_labels(IO_LABELS, params.annotate.drop_types)
+    student = build_student(teacher, dict(enumerate(labels)), params.student.teacher_layers, params.student.dropout,
+                            provenance={"shape_bench": args.shape})
+    built = _parameters(student)
+    prune_report = _prune(student, params, tokenizer.vocab_size)
+    rows_before = student.config.encoder.vocab_size
+    # Never fewer rows than the ids the stand-in tokenizer produces (only the tiny shape comes near).
+    rows_kept = max(math.ceil(args.rows_kept_share * rows_before), len(tokenizer))
+    keep_rows(student, list(range(rows_kept)), f"shape benchmark: {args.rows_kept_share:.4f} of the rows")
+    save_student(student, tokenizer, student_dir)
+    export_onnx(student_dir, onnx_dir, int8=True)
+    teacher_int8_bytes = _int8_bytes(teacher, work / "teacher_int8.pt")
+
+    taggers = {name: load_tagger(str(path), params.teacher, "cpu", args.threads)
+               for name, path in (("teacher_fp32", teacher_dir), ("student_fp32", student_dir),
+                                  ("student_int8_onnx", onnx_dir))}
+    taggers["teacher_int8"] = bm.quantized(taggers["teacher_fp32"])
+    sentences = [[w.text for w in split_words(line)] for line in
+                 (REPO / "data" / "raw" / "corpus.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    workloads = bm.build_workloads(sentences, tokenizer, args.tokens, batch_size=1)
+    p50 = _interleaved({name: taggers[name] for name in VARIANTS}, workloads, args)
+
+    student_params = _parameters(student)
+    figures = {
+        "teacher_fp32": {"parameters": _parameters(teacher), "disk_bytes": bm.disk_bytes(str(teacher_dir))},
+        "teacher_int8": {"parameters": _parameters(teacher), "disk_bytes": teacher_int8_bytes},
+        "student_fp32": {"parameters": student_params, "disk_bytes": bm.disk_bytes(str(student_dir))},
+        "student_int8_onnx": {"parameters": student_params, "disk_bytes": bm.disk_bytes(str(onnx_dir))},
+    }
+    for name in VARIANTS:
+        figures[name] |= p50[name]
+    base = figures["teacher_fp32"]
+    ratios = {name: {"doc_p50_ms": figures[name]["doc_p50_ms"] / base["doc_p50_ms"],
+                     "disk_bytes": figures[name]["disk_bytes"] / base["disk_bytes"]} for name in VARIANTS[1:]}
+    shipped = ratios["student_int8_onnx"]
+    return {
+        "shape": args.shape, "config": SHAPES[args.shape],
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "threads": args.threads, "load_average_at_end": os.getloadavg()},
+        "timing": {"what": "the bench stage's: model forward + CRF Viterbi (students) or argmax (teacher) on "
+                             "windows tokenised and collated beforehand", "batch": 1, "doc_subtokens": bm.subtoken_count(tokenizer, workloads.doc),
+                   "warmup": args.warmup, "repeats": args.repeats, "order": "interleaved, rotated each round"},
+        "student": {"teacher_layers": list(params.student.teacher_layers), "parameters_built": built,
+                    "head_counts": student.config.head_counts, "ffn_sizes": student.config.ffn_sizes,
+                    **prune_report, "vocab_rows": {"before": rows_before, "after": rows_kept},
+                    "vocab_note": f"CamemBERT's tokenizer is not reachable offline: the share of rows a real run "
+                                  f"kept ({args.rows_kept_share:.4f}, {args.rows_kept_share_source}) applied to "
+                                  f"{rows_before} rows"},
+        "variants": figures, "ratios_vs_teacher_fp32": ratios,
+        "targets": {"latency_ratio": TARGET_RATIO, "bytes_ratio": TARGET_RATIO,
+                    "latency_met": shipped["doc_p50_ms"] <= TARGET_RATIO,
+                    "bytes_met": shipped["disk_bytes"] <= TARGET_RATIO},
+    }
+
+
+def _teacher(shape: str, tokenizer_dir: Path, out_dir: Path) -> tuple[CamembertForTokenClassification, object]:
+    from nerdistill.model_folders import load_tokenizer
+
+    config = CamembertConfig(**SHAPES[shape], id2label=IO_LABELS, label2id={v: k for k, v in IO_LABELS.items()})
+    teacher = CamembertForTokenClassification(config).eval()
+    tokenizer = load_tokenizer(tokenizer_dir)
+    teacher.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return teacher, tokenizer
+
+
+def _prune(student: torch.nn.Module, params: Params, vocab_size: int) -> dict:
+    """The prune stage's selection and surgery, with importance from random batches: the weights are
+    random too, so which units go does not matter for speed or size, only how many."""
+    batches = [_random_batch(student.config.num_labels, vocab_size, generator=torch.Generator().manual_seed(i))
+               for i in range(2)]
+    scores = importance.score(student, batches, lambda model, batch: model(**batch).loss, len(batches))
+    heads, head_report = importance.select_heads(scores.heads, params.pruning.ratio, params.pruning.scope)
+    student.config.head_counts = pruning.prune_heads(student, heads)
+    report = {"pruning_ratio": params.pruning.ratio, "heads_removed": head_report["removed"],
+              "ffn_ratio": params.pruning.ffn_ratio}
+    if params.pruning.ffn_ratio > 0:
+        neurons, neuron_report = importance.select_neurons(scores.neurons, params.pruning.ffn_ratio,
+                                                           params.pruning.scope)
+        student.config.ffn_sizes = pruning.prune_ffn(student, neurons)
+        report["neurons_removed"] = neuron_report["removed"]
+    return report
+
+
+def _random_batch(num_labels: int, vocab_size: int, generator: torch.Generator, rows: int = 4,
+                  tokens: int = 64) -> dict[str, torch.Tensor]:
+    input_ids = torch.randint(5, vocab_size, (rows, tokens), generator=generator)  # (B, T)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "word_index": torch.arange(tokens).expand(rows, -1), "word_mask": torch.ones_like(input_ids),
+            "labels": torch.randint(0, num_labels, (rows, tokens), generator=generator)}
+
+
+def _int8_bytes(teacher: torch.nn.Module, path: Path) -> int:
+    """Bytes of the teacher's dynamic-int8 weights (the bench stage's teacher int8 variant), as saved."""
+    quantized = torch.ao.quantization.quantize_dynamic(teacher, {torch.nn.Linear}, dtype=torch.qint8)
+    torch.save(quantized.state_dict(), path)
+    return path.stat().st_size
+
+
+def _interleaved(taggers: dict, workloads: bm.Workloads, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    timers = {name: bm.Timer(tagger, workloads, 1) for name, tagger in taggers.items()}
+    samples: dict[str, list[float]] = {name: [] for name in timers}
+    names = list(timers)
+    for round_no in tqdm(range(args.warmup + args.repeats), desc="shape bench", unit="round"):
+        shift = round_no % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = timers[name].seconds("doc")
+            if round_no >= args.warmup:
+                samples[name].append(seconds)
+    return {name: {"doc_p50_ms": bm.percentiles_ms(s)["p50_ms"], "doc_p95_ms": bm.percentiles_ms(s)["p95_ms"]}
+            for name, s in samples.items()}
+
+
+def _parameters(model: torch.nn.Module) -> int:
+    return sum(param.numel() for param in model.parameters())
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="camembert-base")
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--rows-kept-share", type=float, required=True,
+                        help="share of embedding rows a real run's vocabulary trimming kept")
+    parser.add_argument("--rows-kept-share-source", default="given on the command line",
+                        help="where that share was measured, recorded in the output")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=350)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=REPO / "metrics" / "shape_bench.json")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
