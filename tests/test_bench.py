@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from nerdistill import benchmark as bm
 from nerdistill.io import read_json
 from nerdistill.model_folders import model_roles
-from nerdistill.modeling import build_student, init_transitions
+from nerdistill.modeling import build_student
 from nerdistill.params_reader import params_from_dict
 from nerdistill.tagger import NerTagger
 from nerdistill.teacher import load_teacher
@@ -25,7 +25,6 @@ def student_dir(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path
     teacher, tokenizer = load_teacher(demo_teacher_dir)
     id2label = {i: name for name, i in read_json(annotated_dir / "label2id.json").items()}
     student = build_student(teacher, id2label, [2, 4], dropout=0.1, provenance={"run": "test"})
-    init_transitions(student, read_json(annotated_dir / "transitions.json"))
     folder = tmp_path_factory.mktemp("bench_student")
     student.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

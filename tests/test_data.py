@@ -25,6 +25,7 @@ def test_short_line_is_one_window_with_first_subtoken_positions(tokenizer):
     words = ["Emmanuel", "Macron", "est", "à", "Paris", "."]
     (window,) = WordTokenizer(tokenizer, 64, 8).windows(words)
     assert window.word_ids == list(range(6)) and all(window.owned)
+    assert window.starts_line and window.ends_line
     encoding = tokenizer(words, is_split_into_words=True)
     firsts = [encoding.word_ids().index(i) for i in range(6)]
     assert window.input_ids == encoding["input_ids"] and window.word_index == firsts
@@ -81,6 +82,10 @@ def test_features_label_each_word_once_and_collate(tokenizer):
     assert batch["word_index"].shape == batch["labels"].shape == batch["word_mask"].shape == (3, width)
     assert batch["word_mask"].dtype == torch.bool and batch["word_mask"][:, 0].all()
     assert torch.equal(batch["labels"] == -100, ~batch["word_mask"])
+    # Only the first window starts the line and only the last ends it: the CRF's edges are the line's.
+    assert [(f["starts_line"], f["ends_line"]) for f in feats] == \
+        [(True, False)] + [(False, False)] * (len(feats) - 2) + [(False, True)]
+    assert batch["starts_line"].tolist() == [True, False, False] and not batch["ends_line"].any()
     gathered = batch["input_ids"].gather(1, batch["word_index"])[batch["word_mask"]]
     assert gathered.tolist() == [f["input_ids"][i] for f in feats[:3] for i in f["word_index"]]
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
@@ -90,6 +95,7 @@ def test_collator_omits_labels_at_inference():
     batch = NerCollator(1)([{"input_ids": [0, 5, 2], "word_index": [1]},
                             {"input_ids": torch.tensor([0, 5, 6, 7, 2]), "word_index": torch.tensor([1, 2, 3])}])
     assert "labels" not in batch
+    assert batch["starts_line"].tolist() == batch["ends_line"].tolist() == [True, True]  # whole lines
     assert batch["input_ids"].tolist() == [[0, 5, 2, 1, 1], [0, 5, 6, 7, 2]]
     assert batch["word_mask"].tolist() == [[True, False, False], [True, True, True]]
 

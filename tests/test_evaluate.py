@@ -9,7 +9,7 @@ import pytest
 
 from nerdistill.annotated import load_split
 from nerdistill.io import read_json
-from nerdistill.modeling import build_student, init_transitions
+from nerdistill.modeling import build_student
 from nerdistill.teacher import load_teacher
 from nerdistill.params_reader import params_from_dict
 from nerdistill.stages import evaluate
@@ -19,7 +19,6 @@ def _student(folder: Path, teacher_dir: Path, data_dir: Path, layers: list[int])
     teacher, tokenizer = load_teacher(teacher_dir)
     id2label = {i: name for name, i in read_json(data_dir / "label2id.json").items()}
     student = build_student(teacher, id2label, layers, dropout=0.1, provenance={"run": "test"})
-    init_transitions(student, read_json(data_dir / "transitions.json"))
     student.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -12,7 +12,7 @@ import torch
 from nerdistill.annotated import load_split
 from nerdistill.export import export_onnx
 from nerdistill.io import InputError, read_json
-from nerdistill.modeling import FORBIDDEN, build_student, init_transitions, save_student
+from nerdistill.modeling import FORBIDDEN, build_student, save_student
 from nerdistill.tagger import NerTagger
 from nerdistill.teacher import load_teacher
 from nerdistill.pruning import prune_ffn, prune_heads
@@ -36,7 +36,6 @@ def student_dir(tmp_path_factory, demo_teacher_dir, annotated_dir) -> Path:
             source = teacher_ids["O" if label == "O" else f"I-{label[2:]}"]
             student.emissions.weight[i] = teacher.classifier.weight[source]
             student.emissions.bias[i] = teacher.classifier.bias[source]
-    init_transitions(student, read_json(annotated_dir / "transitions.json"))
     student.config.head_counts = prune_heads(student, HEADS_KEPT)
     student.config.ffn_sizes = prune_ffn(student, NEURONS_KEPT)
     out = tmp_path_factory.mktemp("export") / "student"

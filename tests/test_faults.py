@@ -222,7 +222,7 @@ def test_resume_logs_the_checkpoint(random_teacher_dir, annotated_dir, tmp_path,
     from nerdistill.annotated import AnnotatedDir
     from nerdistill.data import load_training_data
     from nerdistill.losses import DistillContext
-    from nerdistill.modeling import build_student, init_transitions
+    from nerdistill.modeling import build_student
     from nerdistill.trainer import train_student
     from nerdistill.teacher import load_teacher
 
@@ -234,9 +234,7 @@ def test_resume_logs_the_checkpoint(random_teacher_dir, annotated_dir, tmp_path,
     data.train, data.val = data.train[:16], data.val[:8]
 
     def fresh_student():
-        student = build_student(teacher, data.id2label, [1, 2], 0.0, provenance={})
-        init_transitions(student, data.transitions)
-        return student
+        return build_student(teacher, data.id2label, [1, 2], 0.0, provenance={})
 
     def fit(resume):
         student = fresh_student()

@@ -1,10 +1,12 @@
+import itertools
 import math
 
 import pytest
 import torch
 
-from nerdistill.labels import (IMPOSSIBLE, allowed_start, allowed_transition, entity_types, student_labels,
-                               shared_space, transition_prior)
+from nerdistill.labels import (IMPOSSIBLE, allowed_start, allowed_transition, entity_types,
+                               expected_transition_counts, student_labels, shared_space, transition_prior)
+from nerdistill.text import drop_types, iob1_to_iob2
 
 IO_TEACHER = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}
 STUDENT = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
@@ -60,9 +62,14 @@ def test_shared_space_infers_dropped_and_rejects_mismatches():
         shared_space(IO_TEACHER, dict(enumerate(["O", "B-DATE", "I-DATE"])), ["MISC"])
 
 
+def one_hot(tags: list[str], labels: list[str]) -> torch.Tensor:
+    return torch.eye(len(labels))[[labels.index(tag) for tag in tags]]  # (n, L)
+
+
 def test_transition_prior_log_frequencies_and_impossible_moves():
     labels = ["O", "B-PER", "I-PER"]
-    prior = transition_prior([["B-PER", "I-PER", "O"], ["O", "O"]], labels)
+    lines = [one_hot(["B-PER", "I-PER", "O"], labels), one_hot(["O", "O"], labels)]
+    prior = transition_prior(*expected_transition_counts(lines, labels, labels, []), labels)
     assert prior["labels"] == labels
     assert prior["start"][2] == IMPOSSIBLE
     assert math.isclose(prior["start"][0], math.log(2 / 4)) and math.isclose(prior["start"][1], math.log(2 / 4))
@@ -73,5 +80,26 @@ def test_transition_prior_log_frequencies_and_impossible_moves():
     for row in prior["transitions"]:
         assert math.isclose(sum(math.exp(v) for v in row if v != IMPOSSIBLE), 1.0)
     assert len(prior["end"]) == 3 and IMPOSSIBLE not in prior["end"]
-    with pytest.raises(ValueError, match="B-LOC"):
-        transition_prior([["B-LOC"]], labels)
+
+
+def test_expected_counts_are_the_mean_counts_over_every_teacher_labelling():
+    teacher = [IO_TEACHER[i] for i in range(5)]  # IO: O, I-LOC, I-PER, I-MISC, I-ORG; MISC dropped
+    generator = torch.Generator().manual_seed(0)
+    lines = [torch.randn(length, 5, generator=generator).mul(2).softmax(-1) for length in (4, 1, 2)]
+    start, end, moves = expected_transition_counts(lines, teacher, STUDENT, ["MISC"])
+    want_start, want_end, want_moves = torch.zeros(7), torch.zeros(7), torch.zeros(7, 7)
+    for probs in lines:
+        for labelling in itertools.product(range(5), repeat=len(probs)):
+            weight = float(torch.prod(probs[torch.arange(len(probs)), list(labelling)]))
+            ids = [STUDENT.index(tag) for tag in drop_types(iob1_to_iob2([teacher[i] for i in labelling]), ["MISC"])]
+            want_start[ids[0]] += weight
+            want_end[ids[-1]] += weight
+            for previous, following in zip(ids, ids[1:]):
+                want_moves[previous, following] += weight
+    assert torch.allclose(start.float(), want_start, atol=1e-6) and torch.allclose(end.float(), want_end, atol=1e-6)
+    assert torch.allclose(moves.float(), want_moves, atol=1e-6)
+    assert math.isclose(float(moves.sum()), 3 + 0 + 1, rel_tol=1e-6)  # one move per pair of neighbours
+    # Uncertain words spread the counts over moves a count of argmax tags never sees.
+    argmax = [one_hot([teacher[i] for i in probs.argmax(-1).tolist()], teacher) for probs in lines]
+    hard = expected_transition_counts(argmax, teacher, STUDENT, ["MISC"])[2]
+    assert (moves > 0).sum() > (hard > 0).sum()

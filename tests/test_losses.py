@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CamembertConfig, CamembertForTokenClassification
 
-from nerdistill.labels import shared_space, student_labels, transition_prior
+from nerdistill.labels import (allowed_start, allowed_transition, expected_transition_counts, shared_space,
+                               student_labels, transition_prior)
 from nerdistill.losses import (DistillContext, distillation_loss, hidden_loss, kd_loss, phase_weights,
                                transition_loss)
 from nerdistill.params import Weights
@@ -18,7 +19,10 @@ from nerdistill.teacher import teacher_forward
 TEACHER_LABELS = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}
 NAMES = student_labels(TEACHER_LABELS, ["MISC"])  # O, B-LOC, I-LOC, B-ORG, I-ORG, B-PER, I-PER
 STUDENT_LABELS = dict(enumerate(NAMES))
-PRIOR = transition_prior([["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG"]], NAMES)
+ONE_HOT = torch.eye(len(NAMES))
+PRIOR = transition_prior(*expected_transition_counts(
+    [ONE_HOT[[NAMES.index(tag) for tag in tags]] for tags in (["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG"])],
+    NAMES, NAMES, []), NAMES)
 LAYER_PAIRS = [(1, 1), (2, 2)]
 
 CURRICULUM = (1, Weights(1.0, 0.5, 0.1, 0.1), Weights(1.0, 1.0, 0.2, 0.2))
@@ -117,15 +121,22 @@ def test_hidden_loss_projects_to_the_teacher_width_and_rejects_bad_layers():
         hidden_loss(projected, teacher_states, [(5, 1)], torch.ones(1, 3))
 
 
-def test_transition_loss_is_zero_when_equal_and_mean_squared_otherwise(models):
+def test_transition_loss_is_zero_when_equal_and_mean_squared_over_allowed_moves(models):
     _, student = models
     crf = student.crf
     scores = (crf.start_transitions, crf.end_transitions, crf.transitions)
     start, end, moves = (score.detach().clone() for score in scores)
-    assert transition_loss(scores, start, end, moves).item() == 0.0
+    allowed_first = torch.tensor([allowed_start(name) for name in NAMES], dtype=torch.float32)
+    allowed = torch.tensor([[allowed_transition(a, b) for b in NAMES] for a in NAMES], dtype=torch.float32)
+    assert transition_loss(scores, start, end, moves, allowed_first, allowed).item() == 0.0
+    # O -> I-PER and start -> I-PER are impossible: decoding forbids them, the loss ignores them.
+    moves[0, NAMES.index("I-PER")] -= 10.0
+    start[NAMES.index("I-PER")] -= 10.0
+    assert transition_loss(scores, start, end, moves, allowed_first, allowed).item() == 0.0
     moves[0, 0] += 2.0
-    size = len(NAMES)
-    assert transition_loss(scores, start, end, moves).item() == pytest.approx(4.0 / (2 * size + size * size))
+    counted = allowed_first.sum() + len(NAMES) + allowed.sum()  # 4 starts, 7 ends, 49 - 3 x 5 moves
+    assert counted == 45
+    assert transition_loss(scores, start, end, moves, allowed_first, allowed).item() == pytest.approx(4.0 / 45)
 
 
 def test_phase_weights_switch_on_the_zero_based_epoch():

@@ -11,8 +11,10 @@ import torch
 from transformers import (AutoModel, BertConfig, BertForTokenClassification, CamembertConfig,
                           CamembertForTokenClassification)
 
-from nerdistill.labels import allowed_start, allowed_transition, student_labels, transition_prior
-from nerdistill.modeling import CrfStudent, StudentConfig, build_student, init_transitions, viterbi
+from torchcrf import CRF
+
+from nerdistill.labels import allowed_start, allowed_transition, student_labels
+from nerdistill.modeling import CrfStudent, StudentConfig, build_student, viterbi
 from nerdistill.teacher import load_teacher, teacher_forward
 from nerdistill.pruning import ffn_sizes, head_counts, prune_ffn, prune_heads
 
@@ -144,10 +146,94 @@ def test_viterbi_finds_the_best_path_by_brute_force():
         assert paths[row] == list(best)
 
 
+def random_masks(generator: torch.Generator, batch: int, width: int) -> torch.Tensor:
+    """(B, W) left-packed masks of lengths 1..W, the longest row full."""
+    lengths = torch.randint(1, width + 1, (batch,), generator=generator)
+    lengths[0] = width
+    return torch.arange(width).expand(batch, -1) < lengths.unsqueeze(1)
+
+
+def test_viterbi_gives_pytorch_crf_paths_on_varied_lengths():
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        crf = CRF(5, batch_first=True)
+        for param in crf.parameters():
+            param.data = torch.randn(param.shape, generator=generator) * 2
+        emissions = torch.randn(6, 9, 5, generator=generator) * 2  # (B, W, L)
+        mask = random_masks(generator, 6, 9)
+        expected = crf.decode(emissions, mask)
+        assert viterbi(emissions, mask, crf.start_transitions.detach(), crf.end_transitions.detach(),
+                       crf.transitions.detach()) == expected
+
+
+def test_constrained_decode_gives_pytorch_crf_paths_with_the_same_constraints(student):
+    with torch.no_grad():
+        for param in (student.crf.start_transitions, student.crf.end_transitions, student.crf.transitions):
+            param.normal_(0, 2)
+    reference = CRF(len(STUDENT_LABELS), batch_first=True)
+    for param, constrained in zip((reference.start_transitions, reference.end_transitions, reference.transitions),
+                                  student.constrained_transitions()):
+        param.data = constrained.clone()
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        emissions = torch.randn(5, 8, len(STUDENT_LABELS), generator=generator) * 3
+        mask = random_masks(generator, 5, 8)
+        assert student.decode(emissions, mask) == reference.decode(emissions, mask)
+
+
+def test_rows_cut_from_a_line_decode_without_the_cut_edges_scores():
+    generator = torch.Generator().manual_seed(5)
+    emissions = torch.randn(4, 6, 3, generator=generator)
+    mask = random_masks(generator, 4, 6)
+    start, end = torch.randn(3, generator=generator) * 5, torch.randn(3, generator=generator) * 5
+    transitions = torch.randn(3, 3, generator=generator)
+    starts_line = torch.tensor([True, False, True, False])
+    ends_line = torch.tensor([True, True, False, False])
+    got = viterbi(emissions, mask, start, end, transitions, starts_line, ends_line)
+    zero = torch.zeros(3)
+    for row in range(4):
+        alone = viterbi(emissions[row:row + 1], mask[row:row + 1], start if starts_line[row] else zero,
+                        end if ends_line[row] else zero, transitions)
+        assert got[row] == alone[0]
+
+
+def test_continuation_rows_lose_the_crf_start_and_end_scores(student):
+    batch = make_batch()
+    emissions = student(**batch).emissions  # (B, W, L)
+    with torch.no_grad():
+        student.crf.start_transitions.normal_(0, 3)
+        student.crf.end_transitions.normal_(0, 3)
+
+    def nll_with(start: torch.Tensor, end: torch.Tensor, row: int) -> torch.Tensor:
+        crf = CRF(len(STUDENT_LABELS), batch_first=True)
+        crf.start_transitions.data, crf.end_transitions.data = start.detach().clone(), end.detach().clone()
+        crf.transitions.data = student.crf.transitions.detach().clone()
+        rows = slice(row, row + 1)
+        return -crf(emissions[rows].detach(), batch["labels"][rows].clamp_min(0), batch["word_mask"][rows],
+                    reduction="sum") / batch["word_mask"][rows].sum()
+
+    crf = student.crf
+    zero = torch.zeros_like(crf.start_transitions)
+    for starts, ends, start, end in ((True, True, crf.start_transitions, crf.end_transitions),
+                                     (False, True, zero, crf.end_transitions),
+                                     (True, False, crf.start_transitions, zero), (False, False, zero, zero)):
+        for row in range(3):
+            got = student.nll(emissions[row:row + 1].detach(), batch["labels"][row:row + 1],
+                              batch["word_mask"][row:row + 1], torch.tensor([starts]), torch.tensor([ends]))
+            assert torch.allclose(got, nll_with(start, end, row), atol=1e-5), (starts, ends, row)
+    # Gradient-correct: a batch of middle windows gives the start and end scores no gradient at all.
+    student.zero_grad()
+    middle = torch.zeros(3, dtype=torch.bool)
+    student(**batch, starts_line=middle, ends_line=middle).loss.backward()
+    # (the start score is added to, then taken off, the first emissions: a rounding error is left)
+    assert crf.start_transitions.grad.abs().max() < 1e-6 and crf.end_transitions.grad.abs().max() < 1e-6
+    assert crf.transitions.grad.abs().max() > 1e-3
+
+
 def test_save_and_load_round_trip_is_exact(student, tmp_path: Path):
     batch = make_batch()
-    init_transitions(student, transition_prior([["O", "B-PER", "I-PER"], ["B-LOC", "O"]],
-                                               [STUDENT_LABELS[i] for i in range(len(STUDENT_LABELS))]))
+    with torch.no_grad():
+        student.crf.transitions.normal_()
     student.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     for loaded in (CrfStudent.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
@@ -190,16 +276,6 @@ def test_bad_pruned_sizes_in_config_are_rejected(student, key: str, value: list[
     raw = student.config.to_dict()
     with pytest.raises(ValueError, match=key):
         StudentConfig(**{**raw, key: value})
-
-
-def test_init_transitions_copies_prior_and_checks_label_order(student):
-    names = [STUDENT_LABELS[i] for i in range(len(STUDENT_LABELS))]
-    prior = transition_prior([["B-ORG", "I-ORG", "O"]], names)
-    init_transitions(student, prior)
-    assert torch.allclose(student.crf.transitions, torch.tensor(prior["transitions"]))
-    assert torch.allclose(student.crf.start_transitions, torch.tensor(prior["start"]))
-    with pytest.raises(ValueError, match="transitions.json labels"):
-        init_transitions(student, {**prior, "labels": list(reversed(names))})
 
 
 def test_teacher_forward_gathers_first_subtokens_and_allows_backward(teacher, student):

@@ -15,8 +15,8 @@ from transformers import AutoTokenizer
 from nerdistill.io import InputError
 from nerdistill.model_folders import model_kind
 from nerdistill.streaming import predict_stream
-from nerdistill.tagger import NerTagger
-from nerdistill.text import drop_types, is_valid_iob2, split_words
+from nerdistill.tagger import NerTagger, WindowOutput
+from nerdistill.text import drop_types, iob1_to_iob2, is_valid_iob2, split_words
 
 ENTITY_KEYS = {"text", "type", "start", "end", "token_start", "token_end", "score"}
 
@@ -72,7 +72,7 @@ class EdgeBlindBackend:
         self.name_ids = name_ids
         self.rows_per_call: list[int] = []
 
-    def predict(self, batch: dict[str, torch.Tensor]) -> list[tuple[list[str], list[float]]]:
+    def predict(self, batch: dict[str, torch.Tensor]) -> list[WindowOutput]:
         self.rows_per_call.append(batch["input_ids"].size(0))
         out = []
         for ids, index, mask in zip(batch["input_ids"], batch["word_index"], batch["word_mask"]):
@@ -81,7 +81,7 @@ class EdgeBlindBackend:
             labels = [("I-PER" if k > 0 and is_name[k - 1] else "B-PER") if name else "O"
                       for k, name in enumerate(is_name)]
             labels[0], labels[-1] = "O", "O"
-            out.append((labels, [1.0] * len(labels)))
+            out.append(WindowOutput(labels, [1.0] * len(labels), torch.eye(3)[[self.labels.index(l) for l in labels]]))
         return out
 
 
@@ -109,6 +109,10 @@ def test_entity_across_a_window_edge_comes_out_once_and_whole(demo_teacher_dir):
     assert [e["text"] for e in entities] == ["Jean Dupont"] * len(name_starts)
     assert [e["token_start"] for e in entities] == name_starts
     assert max(backend.rows_per_call) <= 4
+    # The distributions are stitched like the labels: each word's comes from the window owning it.
+    (tags,), (probs,) = tagger.tag_words_with_probs([[w.text for w in split_words(text)]])
+    assert probs.shape == (len(words), 3) and torch.equal(probs.sum(-1), torch.ones(len(words)))
+    assert iob1_to_iob2([backend.labels[i] for i in probs.argmax(-1).tolist()]) == tags
 
 
 def test_long_line_runs_in_bounded_batches(demo_teacher_dir, corpus_path):

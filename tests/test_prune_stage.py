@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
 from nerdistill.io import read_json
-from nerdistill.modeling import CrfStudent, build_student, init_transitions
+from nerdistill.modeling import CrfStudent, build_student
 from nerdistill.teacher import load_teacher
 from nerdistill.params import Params
 from nerdistill.params_reader import params_from_dict
@@ -37,7 +37,6 @@ def student_dir(tmp_path_factory: pytest.TempPathFactory, annotated_dir: Path, d
     teacher, tokenizer = load_teacher(demo_teacher_dir)
     id2label = {i: name for name, i in read_json(annotated_dir / "label2id.json").items()}
     student = build_student(teacher, id2label, TEACHER_LAYERS, dropout=0.1, provenance={"run": "test"})
-    init_transitions(student, read_json(annotated_dir / "transitions.json"))
     folder = tmp_path_factory.mktemp("distilled")
     student.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -8,11 +8,11 @@ from transformers import AutoTokenizer
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
 from nerdistill.losses import DistillContext
-from nerdistill.modeling import build_student, init_transitions
+from nerdistill.modeling import build_student
 from nerdistill.teacher import load_teacher
-from nerdistill.params import Weights
+from nerdistill.params import DistillParams, Weights
 from nerdistill.params_reader import params_from_dict
-from nerdistill.trainer import TrainingDivergedError, train_student
+from nerdistill.trainer import DistillTrainer, TrainingDivergedError, train_student, training_arguments
 from nerdistill.training_history import epoch_history
 
 TINY = {
@@ -29,7 +29,6 @@ def _setup(teacher_dir, data_dir, overrides=None):
     teacher, tokenizer = load_teacher(str(teacher_dir))
     data = load_training_data(AnnotatedDir(data_dir), tokenizer, params.student.max_length, params.teacher.stride)
     student = build_student(teacher, data.id2label, list(params.student.teacher_layers), 0.0, provenance={})
-    init_transitions(student, data.transitions)
     return params, teacher, data, student
 
 
@@ -68,6 +67,33 @@ def test_curriculum_weights_follow_the_epoch(random_teacher_dir, annotated_dir, 
 
     _fit(student, teacher, data, params, tmp_path / "ckpt", weights)
     assert min(seen) < 1.0 <= max(seen)
+
+
+def test_crf_scores_learn_at_their_own_rate(random_teacher_dir, annotated_dir, tmp_path):
+    overrides = {"distill": {**TINY["distill"], "epochs": 1}}
+    params, teacher, data, student = _setup(random_teacher_dir, annotated_dir, overrides)
+    data = _subset(data, 16, 8)  # 2 optimizer steps
+    before = student.crf.transitions.detach().clone()
+    best, _ = _fit(student, teacher, data, params, tmp_path / "ckpt")
+    # Adam moves a parameter by about its learning rate a step: 2 steps at 1e-3 could not move
+    # any score by more than ~0.002; at 1e-3 x crf_lr_multiplier (100) they do.
+    assert (best.crf.transitions.detach() - before).abs().max() > 0.05
+    assert (best.emissions.weight.detach() - student.emissions.weight.detach()).abs().max() < 0.01
+
+
+def test_teacher_runs_under_the_trainers_autocast(random_teacher_dir, annotated_dir, tmp_path):
+    params, teacher, data, student = _setup(random_teacher_dir, annotated_dir)
+    context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, "distill")
+    batch = data.collator(data.train[:4])
+    dtypes = []
+    teacher.register_forward_hook(lambda module, args, out: dtypes.append(out.logits.dtype))
+    for precision in ("fp32", "bf16"):
+        settings = DistillParams(batch_size=4, precision=precision)
+        trainer = DistillTrainer(model=student, args=training_arguments(settings, 0, tmp_path / precision),
+                                 eval_dataset=data.val, teacher=teacher, context=context, max_nonfinite_steps=0,
+                                 crf_lr_multiplier=1.0)
+        trainer.compute_loss(student, batch)
+    assert dtypes == [torch.float32, torch.bfloat16]
 
 
 def test_nonfinite_losses_are_skipped_then_stop_training(random_teacher_dir, annotated_dir, tmp_path, monkeypatch):

@@ -3,6 +3,12 @@
 One folder: `{train,val,test}.jsonl` (one record a line: `id`, `text`, `tokens`, `offsets`,
 `ner_tags` in IOB2), `label2id.json` (the student's labels) and `transitions.json` (the teacher's
 transition prior). Only this module spells those file names; readers check every record.
+
+`transitions.json`: `labels` (the student's, in label2id order), `start` (L), `end` (L) and
+`transitions` (L x L, [previous][next]): add-one smoothed log-probabilities of the IOB2 moves the
+teacher's per-word label distributions expect on the train split (`labels.expected_transition_counts`,
+`labels.transition_prior`), `labels.IMPOSSIBLE` where IOB2 forbids the move. It is the target of
+the CRF loss, not the CRF's starting point.
 """
 from __future__ import annotations
 

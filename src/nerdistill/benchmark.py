@@ -87,8 +87,7 @@ class Timer:
     def _collate(self, sentences: list[list[str]], batch_size: int) -> list[dict[str, torch.Tensor]]:
         windows = sorted((w for words in sentences for w in self.tagger.words.windows(words)),
                          key=lambda w: len(w.input_ids))
-        return [self.tagger.collator([{"input_ids": w.input_ids, "word_index": w.word_index}
-                                      for w in windows[i:i + batch_size]])
+        return [self.tagger.collator([w.model_input() for w in windows[i:i + batch_size]])
                 for i in range(0, len(windows), batch_size)]
 
     @torch.inference_mode()

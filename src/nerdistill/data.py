@@ -5,6 +5,8 @@ Everything downstream works in word space: a model's sub-token outputs are read 
 first sub-token (`word_index`). Lines longer than the model's `max_length` are never truncated:
 they are cut into overlapping windows, and each word is *owned* by exactly one window (the one
 whose centre it is nearest), so stitched predictions and training labels count every word once.
+Each window says whether it starts and ends its line: the CRF's start and end scores belong to a
+line's edges, not to a cut in the middle of it (`modeling.CrfStudent` drops them elsewhere).
 """
 from __future__ import annotations
 
@@ -31,11 +33,19 @@ class Window:
     `input_ids` include the special tokens; `word_index[k]` is the position in `input_ids` of the
     first sub-token of word `word_ids[k]` (its index in the whole line); `owned[k]` says whether
     this window is the one responsible for that word when overlapping windows are stitched.
+    `starts_line` / `ends_line`: its first / last word is the line's (a line in one window has both).
     """
     input_ids: list[int]
     word_index: list[int]
     word_ids: list[int]
     owned: list[bool]
+    starts_line: bool
+    ends_line: bool
+
+    def model_input(self) -> dict[str, Any]:
+        """The unlabelled feature `NerCollator` takes."""
+        return {"input_ids": self.input_ids, "word_index": self.word_index,
+                "starts_line": self.starts_line, "ends_line": self.ends_line}
 
 
 class WordTokenizer:
@@ -82,7 +92,8 @@ class WordTokenizer:
             input_ids.extend(pieces[word])
         input_ids.extend(self.suffix)
         word_ids = list(range(*span))
-        return Window(input_ids, word_index, word_ids, [owner[0] <= w < owner[1] for w in word_ids])
+        return Window(input_ids, word_index, word_ids, [owner[0] <= w < owner[1] for w in word_ids],
+                      starts_line=span[0] == 0, ends_line=span[1] == len(pieces))
 
 
 def word_pieces(tokenizer: Any, words: Sequence[str]) -> list[list[int]]:
@@ -137,11 +148,12 @@ def _owned_ranges(spans: list[tuple[int, int]], num_words: int) -> list[tuple[in
 
 def features(records: Sequence[Mapping[str, Any]], word_tokenizer: WordTokenizer,
              label2id: Mapping[str, int]) -> list[dict[str, list[int]]]:
-    """Training features, one per window: `input_ids`, `word_index`, `labels`.
+    """Training features, one per window: `input_ids`, `word_index`, `labels`, `starts_line`, `ends_line`.
 
     A window keeps only the words it owns in `word_index`/`labels` (the others are context for
     the encoder): each word is trained on exactly once, and the CRF sees a contiguous run of
-    labelled words, so no label inside the word mask is ever -100.
+    labelled words, so no label inside the word mask is ever -100. The owned run starts (ends)
+    the line exactly when the window does: the first window owns from word 0, the last to the end.
     """
     out: list[dict[str, list[int]]] = []
     for record in records:
@@ -153,6 +165,8 @@ def features(records: Sequence[Mapping[str, Any]], word_tokenizer: WordTokenizer
                 "input_ids": window.input_ids,
                 "word_index": [index for index, _ in owned],
                 "labels": [label2id[tags[word]] for _, word in owned],
+                "starts_line": window.starts_line,
+                "ends_line": window.ends_line,
             })
     return out
 
@@ -162,8 +176,8 @@ class NerCollator:
     """Pads features into the batch contract of docs/architecture.md.
 
     `input_ids`, `attention_mask` (B, T); `word_index` (B, W) with 0 on padding; `word_mask`
-    (B, W) bool, left-packed; `labels` (B, W) with -100 on padding, only when every feature has
-    labels.
+    (B, W) bool, left-packed; `starts_line`, `ends_line` (B,) bool (a feature without them is a
+    whole line); `labels` (B, W) with -100 on padding, only when every feature has labels.
     """
     pad_token_id: int
 
@@ -175,6 +189,8 @@ class NerCollator:
             "attention_mask": _pad([[1] * len(ids) for ids in input_ids], 0, torch.long),  # (B, T)
             "word_index": _pad(word_index, 0, torch.long),  # (B, W)
             "word_mask": _pad([[True] * len(index) for index in word_index], False, torch.bool),  # (B, W)
+            "starts_line": torch.tensor([bool(f.get("starts_line", True)) for f in batch]),  # (B,)
+            "ends_line": torch.tensor([bool(f.get("ends_line", True)) for f in batch]),  # (B,)
         }
         if all("labels" in feature for feature in batch):
             out["labels"] = _pad([_as_list(feature["labels"]) for feature in batch], IGNORE_INDEX, torch.long)

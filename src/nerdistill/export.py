@@ -95,8 +95,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) 
 def _example_batch(tokenizer: Any, max_length: int, stride: int) -> dict[str, torch.Tensor]:
     words = WordTokenizer(tokenizer, max_length, stride)
     windows = [words.windows([w.text for w in split_words(text)])[0] for text in EXAMPLE_TEXTS]
-    batch = NerCollator(tokenizer.pad_token_id)([{"input_ids": w.input_ids, "word_index": w.word_index}
-                                                 for w in windows])
+    batch = NerCollator(tokenizer.pad_token_id)([w.model_input() for w in windows])
     return {name: batch[name] for name in INPUTS}
 
 

@@ -10,7 +10,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 
-from nerdistill.text import parse_tag
+from nerdistill.text import drop_types as drop_entity_types
+from nerdistill.text import iob1_to_iob2, parse_tag
 
 log = logging.getLogger(__name__)
 
@@ -111,38 +112,75 @@ def _fold(labels: Sequence[str], column: Mapping[str, int], dropped: set[str]) -
     return matrix
 
 
-def transition_prior(tag_sequences: Iterable[Sequence[str]], labels: Sequence[str]) -> dict:
-    """Log frequencies of IOB2 moves in `tag_sequences`, the transitions.json format.
+def expected_transition_counts(distributions: Iterable[torch.Tensor], teacher_labels: Sequence[str],
+                               labels: Sequence[str], dropped_types: Iterable[str]
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Expected counts of the student's IOB2 moves when each line's words carry the teacher's
+    distributions, words drawn independently: (start (Ls,), end (Ls,), moves (Ls, Ls)), moves[i, j]
+    counting label i followed by label j.
+
+    `distributions` holds one (n, Lt) tensor per line over `teacher_labels` (IO, IOB1 or IOB2),
+    as `NerTagger.tag_words_with_probs` stitches them. A word's student label depends on its own
+    teacher label and the previous word's (IO/IOB1 -> IOB2, then `dropped_types` -> O, as the tagger
+    turns its argmax into tags), so a move t -> t+1 sums over the teacher labels of t-1, t and t+1.
+    One-hot distributions give the plain counts of the tags annotate writes.
+    """
+    first, after = _student_label_of(teacher_labels, labels, tuple(dropped_types))
+    size = len(labels)
+    start, end = torch.zeros(size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64)
+    moves = torch.zeros(size, size, dtype=torch.float64)
+    for probs in distributions:
+        if len(probs) == 0:
+            continue
+        p = probs.to(torch.float64)  # (n, Lt)
+        # given[t, b, i]: P(student label i at t | teacher label b at t), the label at t-1 summed out.
+        given = torch.cat([first.unsqueeze(0), torch.einsum("ta,abi->tbi", p[:-1], after)])  # (n, Lt, Ls)
+        marginal = torch.einsum("tb,tbi->ti", p, given)  # (n, Ls)
+        start += marginal[0]
+        end += marginal[-1]
+        # following[t, b, j]: P(student label j at t+1 | teacher label b at t), the label at t+1 summed out.
+        following = torch.einsum("tc,bcj->tbj", p[1:], after)  # (n-1, Lt, Ls)
+        moves += torch.einsum("tb,tbi,tbj->ij", p[:-1], given[:-1], following)
+    return start, end, moves
+
+
+def _student_label_of(teacher_labels: Sequence[str], labels: Sequence[str], dropped: tuple[str, ...]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """0/1 (first (Lt, Ls), after (Lt, Lt, Ls)): the student label of a word the teacher labels b,
+    first[b] at a line's start, after[a, b] after a word it labels a."""
+    index = {label: i for i, label in enumerate(labels)}
+
+    def student(tags: list[str]) -> int:
+        return index[drop_entity_types(iob1_to_iob2(tags), dropped)[-1]]
+
+    size = len(teacher_labels)
+    first = torch.zeros(size, len(labels), dtype=torch.float64)
+    after = torch.zeros(size, size, len(labels), dtype=torch.float64)
+    for b, tag in enumerate(teacher_labels):
+        first[b, student([tag])] = 1.0
+        for a, previous in enumerate(teacher_labels):
+            after[a, b, student([previous, tag])] = 1.0
+    return first, after
+
+
+def transition_prior(start: torch.Tensor, end: torch.Tensor, moves: torch.Tensor, labels: Sequence[str]) -> dict:
+    """Log frequencies of IOB2 moves from (expected) counts, the transitions.json format.
 
     `start[j] = log P(first = j)`, `end[i] = log P(last = i)`, `transitions[i][j] = log P(next = j |
     previous = i)`, each add-one smoothed over the allowed moves only; impossible IOB2 moves get
     `IMPOSSIBLE`. The teacher has no CRF: this prior stands in for its transition matrix.
     """
-    index = {label: i for i, label in enumerate(labels)}
     size = len(labels)
-    start, end = [0] * size, [0] * size
-    counts = [[0] * size for _ in range(size)]
-    for tags in tag_sequences:
-        if not tags:
-            continue
-        unknown = sorted(set(tags) - set(index))
-        if unknown:
-            raise ValueError(f"tags {unknown} are not in the label set {list(labels)}")
-        ids = [index[tag] for tag in tags]
-        start[ids[0]] += 1
-        end[ids[-1]] += 1
-        for previous, following in zip(ids, ids[1:]):
-            counts[previous][following] += 1
     start_allowed = [allowed_start(label) for label in labels]
     return {
         "labels": list(labels),
-        "start": _log_smoothed(start, start_allowed),
-        "end": _log_smoothed(end, [True] * size),
-        "transitions": [_log_smoothed(counts[i], [allowed_transition(labels[i], label) for label in labels])
+        "start": _log_smoothed(start.tolist(), start_allowed),
+        "end": _log_smoothed(end.tolist(), [True] * size),
+        "transitions": [_log_smoothed(moves[i].tolist(), [allowed_transition(labels[i], label) for label in labels])
                         for i in range(size)],
     }
 
 
-def _log_smoothed(counts: Sequence[int], allowed: Sequence[bool]) -> list[float]:
+def _log_smoothed(counts: Sequence[float], allowed: Sequence[bool]) -> list[float]:
     total = sum(count + 1 for count, ok in zip(counts, allowed) if ok)
     return [math.log((count + 1) / total) if ok else IMPOSSIBLE for count, ok in zip(counts, allowed)]

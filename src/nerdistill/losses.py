@@ -13,9 +13,10 @@ Each term is a mean on one scale, so a weight means what it says:
 - KD, per word, x T^2: KL(teacher || student) at temperature T (Hinton et al., 2015), computed
   in a label space both models share (see `DistillContext.build`).
 - Hidden, per sub-token and layer pair: 1 - cosine between mapped teacher and student layers.
-- CRF, per transition score: mean squared difference between the student's start, end and
-  transition scores and the teacher's transition prior (log transition frequencies of its
-  labels; the teacher has no CRF).
+- CRF, per allowed transition score: mean squared difference between the student's start, end
+  and transition scores and the teacher's transition prior (log frequencies of the moves its
+  per-word distributions expect, transitions.json; the teacher has no CRF). IOB2-impossible moves
+  are left out: decoding forbids them whatever their score.
 """
 from __future__ import annotations
 
@@ -73,12 +74,14 @@ def hidden_loss(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[
 
 
 def transition_loss(crf_scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor], prior_start: torch.Tensor,
-                    prior_end: torch.Tensor, prior_transitions: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference between the CRF's (start, end, transitions) scores and the prior."""
+                    prior_end: torch.Tensor, prior_transitions: torch.Tensor, allowed_start: torch.Tensor,
+                    allowed_moves: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the CRF's (start (L,), end (L,), transitions (L, L)) scores and
+    the prior, over the allowed starts and moves (0/1 masks of the same shapes) and every end."""
     start, end, transitions = crf_scores
-    diffs = torch.cat([(start - prior_start).flatten(), (end - prior_end).flatten(),
-                       (transitions - prior_transitions).flatten()])
-    return diffs.pow(2).mean()
+    squared = torch.cat([((start - prior_start).pow(2) * allowed_start).flatten(), (end - prior_end).pow(2).flatten(),
+                         ((transitions - prior_transitions).pow(2) * allowed_moves).flatten()])
+    return squared.sum() / (allowed_start.sum() + end.numel() + allowed_moves.sum())
 
 
 def phase_weights(epoch: float, phase1_epochs: int, phase1: Weights, phase2: Weights) -> Weights:
@@ -108,6 +111,8 @@ class DistillContext:
     prior_start: torch.Tensor  # (Ls,)
     prior_end: torch.Tensor  # (Ls,)
     prior_transitions: torch.Tensor  # (Ls, Ls)
+    allowed_start: torch.Tensor  # (Ls,) 1 where IOB2 lets a line start
+    allowed_moves: torch.Tensor  # (Ls, Ls) 1 where IOB2 lets label i precede label j
 
     @classmethod
     def from_params(cls, student: CrfStudent, teacher_id2label: dict[int, str], transitions: dict[str, Any],
@@ -147,11 +152,15 @@ class DistillContext:
         return cls(temperature=temperature, curriculum=curriculum, layer_pairs=[(int(t), int(s)) for t, s in layer_map_pairs],
                    student_to_shared=tensor(student_to_shared), teacher_to_shared=tensor(teacher_to_shared),
                    shared_names=list(names), prior_start=tensor(transitions["start"]),
-                   prior_end=tensor(transitions["end"]), prior_transitions=tensor(transitions["transitions"]))
+                   prior_end=tensor(transitions["end"]), prior_transitions=tensor(transitions["transitions"]),
+                   allowed_start=tensor([labels.allowed_start(name) for name in names_in_order]),
+                   allowed_moves=tensor([[labels.allowed_transition(a, b) for b in names_in_order]
+                                         for a in names_in_order]))
 
     def to(self, device: str | torch.device) -> DistillContext:
         """Move the tensors in place (once: later calls on the same device cost nothing)."""
-        for name in ("student_to_shared", "teacher_to_shared", "prior_start", "prior_end", "prior_transitions"):
+        for name in ("student_to_shared", "teacher_to_shared", "prior_start", "prior_end", "prior_transitions",
+                     "allowed_start", "allowed_moves"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -189,7 +198,8 @@ def distillation_loss(student_out: StudentOutput, teacher_logits: torch.Tensor,
         hidden = hidden_loss(student_out.hidden_states, teacher_hidden, ctx.layer_pairs, batch["attention_mask"])
     else:
         hidden = emissions.new_zeros(())
-    crf = transition_loss(student_out.crf_scores, ctx.prior_start, ctx.prior_end, ctx.prior_transitions)
+    crf = transition_loss(student_out.crf_scores, ctx.prior_start, ctx.prior_end, ctx.prior_transitions,
+                          ctx.allowed_start, ctx.allowed_moves)
     total = w_ce * ce + w_kd * kd + w_hidden * hidden + w_crf * crf
     return LossParts(total=total, ce=ce, kd=kd, hidden=hidden, crf=crf)
 

@@ -118,7 +118,8 @@ class CrfStudent(PreTrainedModel):
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, CRF):
-            # pytorch-crf's own reset_parameters range.
+            # pytorch-crf's own reset_parameters range. Not the teacher's transition prior: that is
+            # the target of the CRF loss, which would have nothing to teach a CRF starting on it.
             for param in (module.start_transitions, module.end_transitions, module.transitions):
                 init.uniform_(param, -0.1, 0.1)
         else:
@@ -130,30 +131,57 @@ class CrfStudent(PreTrainedModel):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_index: torch.Tensor,
                 word_mask: torch.Tensor, labels: torch.Tensor | None = None,
+                starts_line: torch.Tensor | None = None, ends_line: torch.Tensor | None = None,
                 output_hidden_states: bool = False) -> StudentOutput:
+        """`starts_line` / `ends_line` (B,) bool: whether each row's words start / end their line
+        (data.Window); None means every row is a whole line."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=output_hidden_states)
         words = gather_words(out.last_hidden_state, word_index)  # (B, W, H)
         emissions = self.emissions(self.dropout(words))  # (B, W, L)
         loss = None
         if labels is not None:
-            loss = self.nll(emissions, labels, word_mask)
+            loss = self.nll(emissions, labels, word_mask, starts_line, ends_line)
         hidden = out.hidden_states if output_hidden_states else None
         if hidden is not None and self.hidden_projection is not None:
             hidden = tuple(self.hidden_projection(state) for state in hidden)  # (B, T, H_teacher) each
         return StudentOutput(loss=loss, emissions=emissions, hidden_states=hidden,
                              crf_scores=(self.crf.start_transitions, self.crf.end_transitions, self.crf.transitions))
 
-    def nll(self, emissions: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor) -> torch.Tensor:
+    def nll(self, emissions: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor,
+            starts_line: torch.Tensor | None = None, ends_line: torch.Tensor | None = None) -> torch.Tensor:
         """CRF negative log-likelihood per word: summed over the batch's sequences, divided by its real
         words, the unit of the KD loss, so the loss weights compare like with like (a per-sequence
-        mean would grow with the sentence length and outweigh KD by it)."""
+        mean would grow with the sentence length and outweigh KD by it).
+
+        A row whose first word does not start its line (`starts_line` False: a later window of a long
+        line) gets no start score, one whose last word does not end it no end score: the CRF's edge
+        scores are learnt on the line's edges only, and `viterbi` decodes such rows the same way."""
         mask = word_mask.bool()
         # -100 marks padding; the CRF ignores masked positions but still indexes them.
         tags = labels.masked_fill(labels == -100, self.o_id)  # (B, W)
         # pytorch-crf runs in the emissions' dtype; fp16 autocast would overflow its logsumexp.
-        llh = self.crf(emissions.float(), tags, mask=mask, reduction="sum")
+        emissions = self._cancel_cut_edges(emissions.float(), mask, starts_line, ends_line)
+        llh = self.crf(emissions, tags, mask=mask, reduction="sum")
         return -llh / mask.sum().clamp_min(1)
+
+    def _cancel_cut_edges(self, emissions: torch.Tensor, mask: torch.Tensor, starts_line: torch.Tensor | None,
+                          ends_line: torch.Tensor | None) -> torch.Tensor:
+        """pytorch-crf always adds start[y_0] and end[y_last]; subtracting them from those words'
+        emissions removes them from the path score and the normaliser alike (so from the gradient)."""
+        if starts_line is None and ends_line is None:
+            return emissions
+        width = emissions.size(1)
+        positions = torch.arange(width, device=emissions.device)  # (W,)
+        if starts_line is not None:
+            cut = (~starts_line.bool()).to(emissions.dtype).unsqueeze(1)  # (B, 1)
+            first = (positions == 0).to(emissions.dtype).view(1, width, 1)  # (1, W, 1)
+            emissions = emissions - first * (cut * self.crf.start_transitions).unsqueeze(1)
+        if ends_line is not None:
+            cut = (~ends_line.bool()).to(emissions.dtype).unsqueeze(1)  # (B, 1)
+            last = (positions == mask.sum(dim=1, keepdim=True) - 1).to(emissions.dtype).unsqueeze(2)  # (B, W, 1)
+            emissions = emissions - last * (cut * self.crf.end_transitions).unsqueeze(1)
+        return emissions
 
     def constrained_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(start (L,), end (L,), transitions (L, L)) with IOB2-impossible moves set to FORBIDDEN."""
@@ -166,10 +194,12 @@ class CrfStudent(PreTrainedModel):
         return start, crf.end_transitions.detach(), moves
 
     @torch.no_grad()
-    def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor) -> list[list[int]]:
-        """Best IOB2-valid label ids of each sequence, one per real word."""
+    def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor, starts_line: torch.Tensor | None = None,
+               ends_line: torch.Tensor | None = None) -> list[list[int]]:
+        """Best IOB2-valid label ids of each sequence, one per real word (rows cut from a line: see viterbi)."""
         start, end, moves = self.constrained_transitions()
-        return viterbi(emissions.float(), word_mask.bool(), start.float(), end.float(), moves.float())
+        return viterbi(emissions.float(), word_mask.bool(), start.float(), end.float(), moves.float(),
+                       starts_line, ends_line)
 
 
 def gather_words(sequence: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
@@ -179,36 +209,40 @@ def gather_words(sequence: torch.Tensor, word_index: torch.Tensor) -> torch.Tens
 
 
 def viterbi(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-            transitions: torch.Tensor) -> list[list[int]]:
+            transitions: torch.Tensor, starts_line: torch.Tensor | None = None,
+            ends_line: torch.Tensor | None = None) -> list[list[int]]:
     """Batched Viterbi. emissions (B, W, L), mask (B, W) left-packed; returns one path per row.
 
-    transitions[i, j] scores label i followed by label j, as in pytorch-crf.
+    transitions[i, j] scores label i followed by label j, as in pytorch-crf. Rows whose
+    `starts_line` (B,) is False get no start score (nor the start constraint: a cut may fall inside
+    an entity), rows whose `ends_line` is False no end score, as `CrfStudent.nll` trains them.
+    Everything stays on the emissions' device until the paths are read, in one transfer.
     """
-    batch, width, _ = emissions.shape
+    zero = emissions.new_zeros(())
+    if starts_line is not None:
+        start = torch.where(starts_line.bool().unsqueeze(1), start, zero)  # (B, L)
+    if ends_line is not None:
+        end = torch.where(ends_line.bool().unsqueeze(1), end, zero)  # (B, L)
     score = start + emissions[:, 0]  # (B, L)
+    # Past a row's end its score is frozen and its pointers are the identity, so the final argmax is
+    # the label of its last word and walking back from the last column reaches that word unchanged.
+    identity = torch.arange(emissions.size(2), device=emissions.device)  # (L,)
     backpointers = []
-    for t in range(1, width):
+    for t in range(1, emissions.size(1)):
         candidates = score.unsqueeze(2) + transitions + emissions[:, t].unsqueeze(1)  # (B, L prev, L next)
         # amax + argmax, not max(dim=): on 2 threads torch parallelises max-with-indices even on
         # this (B, L, L) tensor and, with the other core busy, each call waits ~8 ms (100x slower).
         best, best_prev = candidates.amax(dim=1), candidates.argmax(dim=1)  # (B, L)
-        # Past a sequence's end its score is frozen, so the final max is that of its last word.
-        score = torch.where(mask[:, t].unsqueeze(1), best, score)
-        backpointers.append(best_prev)
-    score = score + end
-    lengths = mask.sum(dim=1).tolist()
-    last = score.argmax(dim=1).tolist()
-    history = torch.stack(backpointers, dim=1).tolist() if backpointers else []  # (B, W-1, L)
-    paths = []
-    for row in range(batch):
-        if lengths[row] == 0:
-            paths.append([])
-            continue
-        path = [last[row]]
-        for t in range(lengths[row] - 2, -1, -1):
-            path.append(history[row][t][path[-1]])
-        paths.append(path[::-1])
-    return paths
+        real = mask[:, t].unsqueeze(1)  # (B, 1)
+        score = torch.where(real, best, score)
+        backpointers.append(torch.where(real, best_prev, identity))
+    label = (score + end).argmax(dim=1, keepdim=True)  # (B, 1)
+    steps = [label]
+    for pointers in reversed(backpointers):
+        label = pointers.gather(1, label)  # (B, 1)
+        steps.append(label)
+    rows = torch.cat([mask.sum(dim=1, keepdim=True), *steps[::-1]], dim=1).tolist()  # (B, 1 + W): length, path
+    return [row[1:1 + row[0]] for row in rows]
 
 
 def build_student(teacher: PreTrainedModel, id2label: dict[int, str], teacher_layers: list[int],
@@ -262,23 +296,6 @@ def _mapped_state(teacher_state: dict[str, torch.Tensor], student_state: dict[st
                              "a BERT/RoBERTa/CamemBERT/XLM-R token-classification model")
         mapped[key] = teacher_state[source].detach().clone()
     return mapped
-
-
-def init_transitions(student: CrfStudent, prior: dict[str, Any]) -> None:
-    """Start the CRF from transitions.json's log transition frequencies."""
-    names = [student.config.id2label[i] for i in range(student.config.num_labels)]
-    if list(prior.get("labels", [])) != names:
-        raise ValueError(f"transitions.json labels {prior.get('labels')} differ from the student's labels {names} "
-                         "(label2id order); re-run annotate so both come from the same label set")
-    crf = student.crf
-    with torch.no_grad():
-        for param, key in ((crf.start_transitions, "start"), (crf.end_transitions, "end"),
-                           (crf.transitions, "transitions")):
-            value = torch.tensor(prior[key], dtype=param.dtype, device=param.device)
-            if value.shape != param.shape:
-                raise ValueError(f"transitions.json {key!r} has shape {tuple(value.shape)}, "
-                                 f"expected {tuple(param.shape)} for {len(names)} labels")
-            param.copy_(value)
 
 
 def provenance(params: Params, earlier: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -116,6 +116,9 @@ class DistillParams:
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-5
+    # The CRF's start, end and transition scores start near 0 and are few: at the encoder's learning
+    # rate (Adam moves each parameter about lr a step) they would end a run where they began.
+    crf_lr_multiplier: float = 100.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
@@ -134,6 +137,9 @@ class DistillParams:
     def validate(self, key: str) -> None:
         _check_training(self, key)
         _check(self.temperature > 0, f"{key}.temperature", self.temperature, "a number > 0")
+        _check(self.crf_lr_multiplier > 0 and self.learning_rate * self.crf_lr_multiplier < 1,
+               f"{key}.crf_lr_multiplier", self.crf_lr_multiplier,
+               f"a number > 0 whose product with {key}.learning_rate is < 1")
         _check(self.phase1_epochs >= 0, f"{key}.phase1_epochs", self.phase1_epochs, "an integer >= 0")
         for name in ("phase1_weights", "phase2_weights"):
             _check_weights(getattr(self, name), f"{key}.{name}")

@@ -25,7 +25,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -45,13 +45,30 @@ from nerdistill.text import drop_types as drop_entity_types  # `drop_types` name
 log = logging.getLogger(__name__)
 
 
+class WindowOutput(NamedTuple):
+    """What a backend says about the real words of one window."""
+
+    labels: list[str]
+    scores: list[float]
+    probs: torch.Tensor  # (n, L) on the CPU: each word's distribution over the backend's labels
+
+
+class TaggedLine(NamedTuple):
+    """One stitched line: IOB2 tags (drop_types applied), their scores and, when asked, the (n, L)
+    distributions over the backend's labels they came from."""
+
+    tags: list[str]
+    scores: list[float]
+    probs: torch.Tensor | None
+
+
 class Backend(Protocol):
-    """Labels and per-word scores of a collated batch of windows, one list per row (its real words)."""
+    """One `WindowOutput` per row of a collated batch of windows."""
 
     kind: str
     labels: list[str]
 
-    def predict(self, batch: dict[str, torch.Tensor]) -> list[tuple[list[str], list[float]]]: ...
+    def predict(self, batch: dict[str, torch.Tensor]) -> list[WindowOutput]: ...
 
 
 @dataclass(frozen=True)
@@ -62,20 +79,22 @@ class CrfWeights:
     end: torch.Tensor  # (L,)
     transitions: torch.Tensor  # (L, L), [previous, next]
 
-    def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor, labels: Sequence[str]
-               ) -> list[tuple[list[str], list[float]]]:
+    def decode(self, emissions: torch.Tensor, batch: dict[str, torch.Tensor], labels: Sequence[str]
+               ) -> list[WindowOutput]:
+        """Windows cut from a longer line get no start or end score where the cut is, as in training."""
         emissions = emissions.float()  # (B, W, L)
-        paths = viterbi(emissions, word_mask.bool(), self.start, self.end, self.transitions)
+        paths = viterbi(emissions, batch["word_mask"].bool(), self.start, self.end, self.transitions,
+                        batch["starts_line"], batch["ends_line"])
         return _with_scores(emissions.softmax(-1), paths, labels)
 
 
-def _with_scores(probs: torch.Tensor, paths: list[list[int]], labels: Sequence[str]
-                 ) -> list[tuple[list[str], list[float]]]:
-    """Each path's labels and the probability `probs` (B, W, L) gives each chosen label."""
+def _with_scores(probs: torch.Tensor, paths: list[list[int]], labels: Sequence[str]) -> list[WindowOutput]:
+    """Each path's labels, the probability `probs` (B, W, L) gives each chosen label, and its rows."""
+    probs = probs.cpu()  # one copy per batch, not one per row
     out = []
     for row, path in enumerate(paths):
         chosen = probs[row, torch.arange(len(path)), torch.tensor(path, dtype=torch.long)]  # (n,)
-        out.append(([labels[i] for i in path], chosen.tolist()))
+        out.append(WindowOutput([labels[i] for i in path], chosen.tolist(), probs[row, :len(path)]))
     return out
 
 
@@ -89,10 +108,10 @@ class StudentBackend:
         start, end, moves = model.constrained_transitions()
         self.crf = CrfWeights(start.float(), end.float(), moves.float())
 
-    def predict(self, batch: dict[str, torch.Tensor]) -> list[tuple[list[str], list[float]]]:
+    def predict(self, batch: dict[str, torch.Tensor]) -> list[WindowOutput]:
         batch = {key: value.to(self.device) for key, value in batch.items()}
         emissions = self.model(**batch).emissions  # (B, W, L)
-        return self.crf.decode(emissions, batch["word_mask"], self.labels)
+        return self.crf.decode(emissions, batch, self.labels)
 
 
 class TeacherBackend:
@@ -106,7 +125,7 @@ class TeacherBackend:
         self.device = device
         self.labels = ordered_labels(model.config.id2label)
 
-    def predict(self, batch: dict[str, torch.Tensor]) -> list[tuple[list[str], list[float]]]:
+    def predict(self, batch: dict[str, torch.Tensor]) -> list[WindowOutput]:
         batch = {key: value.to(self.device) for key, value in batch.items()}
         logits, _ = teacher_forward(self.model, batch, output_hidden_states=False)  # (B, W, Lt)
         probs = logits.float().softmax(-1)  # (B, W, Lt)
@@ -135,10 +154,10 @@ class OnnxBackend:
         self.labels = list(crf["labels"])
         self.crf = CrfWeights(*(torch.tensor(crf[key], dtype=torch.float32) for key in ("start", "end", "transitions")))
 
-    def predict(self, batch: dict[str, torch.Tensor]) -> list[tuple[list[str], list[float]]]:
+    def predict(self, batch: dict[str, torch.Tensor]) -> list[WindowOutput]:
         feeds = {name: batch[name].numpy() for name in self.input_names}
         emissions = torch.from_numpy(self.session.run(["emissions"], feeds)[0])  # (B, W, L)
-        return self.crf.decode(emissions, batch["word_mask"], self.labels)
+        return self.crf.decode(emissions, batch, self.labels)
 
 
 class NerTagger:
@@ -229,39 +248,51 @@ class NerTagger:
         """Entities of each text: `{"text", "type", "start", "end", "token_start", "token_end", "score"}`."""
         words = [split_words(text) for text in texts]
         tagged = self._tag([[word.text for word in line] for line in words], batch_size, self.drop_types)
-        return [_entities(text, line, tags, scores) for text, line, (tags, scores) in zip(texts, words, tagged)]
+        return [_entities(text, line, tagged_line.tags, tagged_line.scores)
+                for text, line, tagged_line in zip(texts, words, tagged)]
 
     def tag_words(self, sentences: Sequence[Sequence[str]], batch_size: int | None = None,
                   drop_types: Iterable[str] | None = None, progress: str | None = None) -> list[list[str]]:
         """IOB2 tags of pre-split words, one list per sentence; `drop_types` overrides the tagger's;
         `progress` names a progress bar over the batches (none when unset)."""
         dropped = self.drop_types if drop_types is None else tuple(drop_types)
-        return [tags for tags, _ in self._tag(sentences, batch_size, dropped, progress)]
+        return [line.tags for line in self._tag(sentences, batch_size, dropped, progress)]
+
+    def tag_words_with_probs(self, sentences: Sequence[Sequence[str]], progress: str | None = None
+                             ) -> tuple[list[list[str]], list[torch.Tensor]]:
+        """`tag_words`' tags and, per sentence, each word's (n, L) distribution over `backend.labels`
+        (the model's own labels, before IOB2 and drop_types), read from the window that owns the word."""
+        lines = self._tag(sentences, None, self.drop_types, progress, with_probs=True)
+        return [line.tags for line in lines], [line.probs for line in lines]
 
     @torch.inference_mode()
-    def _tag(self, sentences: Sequence[Sequence[str]], batch_size: int | None,
-             dropped: tuple[str, ...], progress: str | None = None) -> list[tuple[list[str], list[float]]]:
+    def _tag(self, sentences: Sequence[Sequence[str]], batch_size: int | None, dropped: tuple[str, ...],
+             progress: str | None = None, with_probs: bool = False) -> list[TaggedLine]:
         tags: list[list[str]] = [[""] * len(words) for words in sentences]
         scores: list[list[float]] = [[0.0] * len(words) for words in sentences]
+        probs = [torch.zeros(len(words), len(self.backend.labels)) if with_probs else None for words in sentences]
         tagged = self._windows_tagged(sentences, batch_size or self.batch_size, progress)
-        for line, window, (labels, probs) in tagged:
-            for word, mine, label, prob in zip(window.word_ids, window.owned, labels, probs):
-                if mine:
-                    tags[line][word], scores[line][word] = label, prob
+        for line, window, output in tagged:
+            owned = [k for k, mine in enumerate(window.owned) if mine]
+            for k in owned:
+                tags[line][window.word_ids[k]], scores[line][window.word_ids[k]] = output.labels[k], output.scores[k]
+            if with_probs and owned:
+                words = torch.tensor([window.word_ids[k] for k in owned])
+                probs[line][words] = output.probs[torch.tensor(owned)].float()
         # Stitching can leave an I-X after a window edge whose other side said O; reading it as
         # B-X (as iob1_to_iob2 does) keeps the output valid IOB2, and IO teachers become IOB2 here.
-        return [(drop_entity_types(iob1_to_iob2(line), dropped), line_scores)
-                for line, line_scores in zip(tags, scores)]
+        return [TaggedLine(drop_entity_types(iob1_to_iob2(line), dropped), line_scores, line_probs)
+                for line, line_scores, line_probs in zip(tags, scores, probs)]
 
     def _windows_tagged(self, sentences: Sequence[Sequence[str]], batch_size: int, progress: str | None = None
-                        ) -> Iterator[tuple[int, Window, tuple[list[str], list[float]]]]:
+                        ) -> Iterator[tuple[int, Window, WindowOutput]]:
         """(line, window, backend output) for every window, run in batches of similar length."""
         flat = [(line, window) for line, words in enumerate(sentences) for window in self.words.windows(words)]
         # Similar lengths together: far less padding, so far less wasted compute.
         flat.sort(key=lambda item: len(item[1].input_ids))
         for begin in tqdm(range(0, len(flat), batch_size), desc=progress, unit="batch", disable=progress is None):
             chunk = flat[begin:begin + batch_size]
-            batch = self.collator([{"input_ids": w.input_ids, "word_index": w.word_index} for _, w in chunk])
+            batch = self.collator([window.model_input() for _, window in chunk])
             for (line, window), output in zip(chunk, self.backend.predict(batch)):
                 yield line, window, output
 

@@ -92,15 +92,30 @@ class DistillTrainer(Trainer):
     """Trainer whose loss is the weighted sum of CE, KD, hidden and CRF losses against a frozen teacher."""
 
     def __init__(self, *args: Any, teacher: torch.nn.Module, context: DistillContext, max_nonfinite_steps: int,
-                 **kwargs: Any):
+                 crf_lr_multiplier: float, **kwargs: Any):
         super().__init__(*args, **kwargs)
         # The loss is already a per-batch mean; let Trainer divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self.teacher = teacher.to(self.args.device).eval()
         self.context = context
         self.max_nonfinite_steps = max_nonfinite_steps
+        self.crf_lr_multiplier = crf_lr_multiplier
         self.nonfinite_steps = 0
         self._since_log: dict[str, list[float]] = defaultdict(list)
+
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """Trainer's optimizer, with the CRF's scores in a group of their own: learning rate x
+        crf_lr_multiplier (the schedule scales every group alike), no weight decay (it would pull the
+        transition scores towards "no preference", not towards the prior)."""
+        if self.optimizer is not None:
+            return self.optimizer
+        optimizer = super().create_optimizer(model)
+        crf = list(self.accelerator.unwrap_model(model or self.model).crf.parameters())
+        for group in optimizer.param_groups:
+            group["params"] = [param for param in group["params"] if all(param is not p for p in crf)]
+        optimizer.add_param_group({"params": crf, "weight_decay": 0.0,
+                                   "lr": self.args.learning_rate * self.crf_lr_multiplier})
+        return optimizer
 
     def compute_loss(self, model: CrfStudent, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -109,11 +124,15 @@ class DistillTrainer(Trainer):
         epoch = self.state.epoch or 0.0
         weights = self.context.weights(epoch if model.training else max(0.0, epoch - 1e-6))
         need_hidden = self.context.needs_hidden(weights)
-        teacher_logits, teacher_hidden = teacher_forward(self.teacher, inputs, output_hidden_states=need_hidden)
+        # The student's forward runs under accelerate's autocast (prepare wraps it); the teacher is not
+        # prepared, so it gets the same autocast here, or it would run in fp32 beside a bf16 student.
+        with self.accelerator.autocast():
+            teacher_logits, teacher_hidden = teacher_forward(self.teacher, inputs, output_hidden_states=need_hidden)
         # Through the wrapper (DDP reduces gradients there), with labels: every loss term's use of the
         # student's parameters happens inside its forward.
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                         word_index=inputs["word_index"], word_mask=inputs["word_mask"], labels=inputs["labels"],
+                        starts_line=inputs["starts_line"], ends_line=inputs["ends_line"],
                         output_hidden_states=need_hidden)
         parts = distillation_loss(outputs, teacher_logits, teacher_hidden, inputs, weights, self.context)
         total = parts.total
@@ -152,11 +171,13 @@ class DistillTrainer(Trainer):
             loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
-        paths = self.accelerator.unwrap_model(model).decode(outputs.emissions, inputs["word_mask"])
-        predictions = torch.full_like(inputs["labels"], -100)  # (B, W)
+        paths = self.accelerator.unwrap_model(model).decode(outputs.emissions, inputs["word_mask"],
+                                                            inputs["starts_line"], inputs["ends_line"])
+        # Filled on the host, then one copy to the device (Trainer gathers predictions across ranks there).
+        predictions = torch.full(inputs["labels"].shape, -100, dtype=torch.long)  # (B, W)
         for row, path in enumerate(paths):
-            predictions[row, : len(path)] = torch.tensor(path, device=predictions.device)
-        return loss.detach(), predictions, inputs["labels"]
+            predictions[row, : len(path)] = torch.tensor(path, dtype=torch.long)
+        return loss.detach(), predictions.to(inputs["labels"].device), inputs["labels"]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._since_log:
@@ -201,7 +222,8 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
         compute_metrics=seqeval_metrics(student.config.id2label),
         callbacks=[EarlyStoppingCallback(settings.early_stopping_patience, settings.early_stopping_threshold),
                    MlflowStepCallback()],
-        teacher=teacher, context=context, max_nonfinite_steps=settings.max_nonfinite_steps)
+        teacher=teacher, context=context, max_nonfinite_steps=settings.max_nonfinite_steps,
+        crf_lr_multiplier=settings.crf_lr_multiplier)
     resume_from = _last_checkpoint(checkpoint_dir) if resume else None
     if resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, training from the start", checkpoint_dir)
@@ -248,7 +270,7 @@ class Scorer:
             model=student, args=training_arguments(settings, seed, Path(self._scratch.name)),
             eval_dataset=data.val, data_collator=data.collator,
             compute_metrics=seqeval_metrics(student.config.id2label),
-            teacher=teacher, context=context, max_nonfinite_steps=0)
+            teacher=teacher, context=context, max_nonfinite_steps=0, crf_lr_multiplier=settings.crf_lr_multiplier)
 
     def loss(self, model: CrfStudent, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.trainer.compute_loss(model, batch)

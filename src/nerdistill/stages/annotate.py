@@ -3,7 +3,9 @@
 Each phrase is split into words (text.split_words), the teacher reads it in windows of
 `teacher.max_length` sub-tokens (long lines are never truncated), each word takes the label of
 its first sub-token, IO becomes IOB2 and `annotate.drop_types` become O. Exact repeats of an
-earlier line are dropped before the seeded split, so no phrase sits in two splits.
+earlier line are dropped before the seeded split, so no phrase sits in two splits. The transition
+prior (transitions.json) is what the teacher's per-word distributions on the train split expect,
+not a count of its argmax tags: the student's CRF is pulled towards the teacher's uncertainty too.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from typing import Any
 from nerdistill.data import Phrase, read_corpus
 from nerdistill.annotated import SPLITS, AnnotatedDir
 from nerdistill.io import InputError, atomic_dir
-from nerdistill.labels import transition_prior
+from nerdistill.labels import expected_transition_counts, transition_prior
 from nerdistill.params import Params, SplitRatios
 from nerdistill.tagger import NerTagger
 from nerdistill.text import Word, entity_spans, is_valid_iob2, split_words
@@ -36,18 +38,19 @@ def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
     unique, duplicates = drop_duplicates(raw.phrases)
     phrases, words, no_words = _split_phrases(unique)
     word_texts = [[w.text for w in phrase_words] for phrase_words in words]
-    teacher_tags = tagger.tag_words(word_texts, progress="annotate")
+    teacher_tags, teacher_probs = tagger.tag_words_with_probs(word_texts, progress="annotate")
     records = [_record(phrase, phrase_words, tags, labels)
                for phrase, phrase_words, tags in zip(phrases, words, teacher_tags)]
 
     splits = split_indices(len(records), settings.split, params.base.seed, corpus)
+    expected = expected_transition_counts((teacher_probs[i] for i in splits["train"]), tagger.backend.labels,
+                                          labels, tagger.drop_types)
     # The folder is swapped in whole: a kill mid-write leaves the previous one as it was, never new
     # splits beside old ones (which DVC would then cache as one output).
     with atomic_dir(out_dir) as staging:
         AnnotatedDir(staging).write({name: (records[i] for i in indices) for name, indices in splits.items()},
                                     label2id={label: i for i, label in enumerate(labels)},
-                                    transitions=transition_prior((records[i]["ner_tags"] for i in splits["train"]),
-                                                                 labels))
+                                    transitions=transition_prior(*expected, labels))
     skipped = {"blank_lines": raw.blank_lines, "duplicates": duplicates, "no_words": no_words, "too_long": len(raw.too_long),
                "too_long_fraction": raw.skipped_fraction}
     windowed = sum(len(tagger.words.windows(line)) > 1 for line in word_texts)
