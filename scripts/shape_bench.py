@@ -36,7 +36,7 @@ from transformers import CamembertConfig, CamembertForTokenClassification
 from nerdistill import benchmark as bm
 from nerdistill import importance, pruning
 from nerdistill.demo import train_tokenizer
-from nerdistill.export import export_onnx
+from nerdistill.export import export_student
 from nerdistill.io import write_json
 from nerdistill.labels import student_labels
 from nerdistill.modeling import build_student, save_student
@@ -94,7 +94,7 @@ def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
     rows_kept = max(math.ceil(args.rows_kept_share * rows_before), len(tokenizer))
     keep_rows(student, list(range(rows_kept)), f"shape benchmark: {args.rows_kept_share:.4f} of the rows")
     save_student(student, tokenizer, student_dir)
-    export_onnx(student_dir, onnx_dir, int8=True)
+    export_student(student, tokenizer, work / "student_onnx_fp32", onnx_dir, params.export, f"shape bench {args.shape}")
     teacher_int8_bytes = _int8_bytes(teacher, work / "teacher_int8.pt")
 
     taggers = {name: load_tagger(str(path), params.teacher, "cpu", args.threads)

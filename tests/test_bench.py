@@ -1,4 +1,5 @@
-"""Bench helpers, and the bench stage on the demo teacher and a student built from it (tiny repeats)."""
+"""Bench helpers, and the bench stage on the demo teacher, a student built from it and that student's
+ONNX exports, fp32 and int8 (tiny repeats)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,14 +11,16 @@ from torch import nn
 from transformers import AutoTokenizer
 
 from nerdistill import benchmark as bm
+from nerdistill.export import export_student, load_student
 from nerdistill.io import read_json
 from nerdistill.model_folders import model_roles
 from nerdistill.modeling import build_student
+from nerdistill.params import ExportParams
 from nerdistill.params_reader import params_from_dict
-from nerdistill.tagger import NerTagger
-from nerdistill.teacher import load_teacher
+from nerdistill.results import GATE_KEYS, vs_teacher_fp32
 from nerdistill.stages import bench, gate
 from nerdistill.tagger import NerTagger
+from nerdistill.teacher import load_teacher
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +38,12 @@ def student_dir(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path
 def outcome(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path, student_dir: Path,
             annotated_dir: Path) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("bench_out")
+    student, tokenizer = load_student(student_dir)
+    export_student(student, tokenizer, root / "onnx_fp32", root / "onnx_int8", ExportParams(), str(student_dir))
     params = params_from_dict({"bench": {"doc_tokens": 64, "warmup": 1, "repeats": 3, "batch_size": 4,
                                          "threads": 1, "int8": True}})
-    models = {"teacher": str(demo_teacher_dir), "final": str(student_dir)}
+    models = {"teacher": str(demo_teacher_dir), "final": str(student_dir), "onnx_fp32": str(root / "onnx_fp32"),
+              "onnx_int8": str(root / "onnx_int8")}
     threads_before = torch.get_num_threads()
     metrics = bench.run(params, data_dir=annotated_dir, models=models, latency_png=root / "latency.png")
     return root, {**metrics, "threads_after_run": torch.get_num_threads(), "threads_before_run": threads_before}
@@ -45,7 +51,8 @@ def outcome(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path, st
 
 def test_every_variant_has_positive_ordered_latencies_and_memory(outcome) -> None:
     _, metrics = outcome
-    expected = {("teacher", "cpu_fp32"), ("teacher", "cpu_int8"), ("final", "cpu_fp32"), ("final", "cpu_int8")}
+    expected = {("teacher", "cpu_fp32"), ("teacher", "cpu_int8"), ("final", "cpu_fp32"), ("final", "cpu_int8"),
+                ("onnx_fp32", "cpu_onnx"), ("onnx_int8", "cpu_onnx")}
     if torch.cuda.is_available():
         expected |= {("teacher", "cuda_fp32"), ("final", "cuda_fp32")}
     found = {(name, variant) for name, model in metrics["models"].items() for variant in model["variants"]}
@@ -59,12 +66,13 @@ def test_every_variant_has_positive_ordered_latencies_and_memory(outcome) -> Non
             assert figures["peak_rss_mb"] >= figures["import_rss_mb"] > 0
 
 
-def test_int8_variants_report_their_quality(outcome) -> None:
+def test_int8_and_onnx_variants_report_their_quality(outcome) -> None:
     _, metrics = outcome
-    for name in ("teacher", "final"):
-        int8 = metrics["models"][name]["variants"]["cpu_int8"]
-        assert 0.0 <= int8["f1_agreement"] <= 1.0
-        assert int8["f1_drop_points"] == pytest.approx(100 * (1 - int8["f1_agreement"]))
+    for name, variant in (("teacher", "cpu_int8"), ("final", "cpu_int8"), ("onnx_fp32", "cpu_onnx"),
+                          ("onnx_int8", "cpu_onnx")):
+        figures = metrics["models"][name]["variants"][variant]
+        assert 0.0 <= figures["f1_agreement"] <= 1.0
+        assert figures["f1_drop_points"] == pytest.approx(100 * (1 - figures["f1_agreement"]))
     assert "f1_agreement" not in metrics["models"]["final"]["variants"]["cpu_fp32"]  # evaluate scores fp32
 
 
@@ -79,6 +87,25 @@ def test_headline_ratios_and_sizes(outcome) -> None:
                                                  / teacher["variants"]["cpu_fp32"]["doc_p50_ms"])
     assert ratios["int8_doc_p50_ms"] == pytest.approx(final["variants"]["cpu_int8"]["doc_p50_ms"]
                                                       / teacher["variants"]["cpu_int8"]["doc_p50_ms"])
+
+
+def test_onnx_exports_report_size_parameters_and_ratios_to_the_teacher(outcome) -> None:
+    _, metrics = outcome
+    models, ratios = metrics["models"], metrics["ratios"]
+    teacher = models["teacher"]
+    for name in ("onnx_fp32", "onnx_int8"):
+        assert models[name]["kind"] == "onnx"
+        # The manifest's count: the PyTorch student it was exported from (whole vocabulary here).
+        assert models[name]["parameters"] == models["final"]["parameters"]
+        figures = models[name]["variants"]["cpu_onnx"]
+        assert ratios[vs_teacher_fp32(name, "doc_p50_ms")] == pytest.approx(
+            figures["doc_p50_ms"] / teacher["variants"]["cpu_fp32"]["doc_p50_ms"])
+        assert ratios[vs_teacher_fp32(name, "peak_rss_mb")] == pytest.approx(
+            figures["peak_rss_mb"] / teacher["variants"]["cpu_fp32"]["peak_rss_mb"])
+        assert ratios[vs_teacher_fp32(name, "disk_bytes")] == pytest.approx(
+            models[name]["disk_bytes"] / teacher["disk_bytes"])
+    assert models["onnx_int8"]["disk_bytes"] < 0.35 * models["onnx_fp32"]["disk_bytes"]
+    assert "final_int8_vs_teacher_fp32_doc_p50_ms" in ratios  # the existing keys stay
 
 
 def test_document_and_settings_are_stated(outcome) -> None:
@@ -140,17 +167,23 @@ def test_disk_bytes_of_an_uncached_hub_id_is_unknown() -> None:
 
 def test_gate_reads_the_bench_figures(outcome) -> None:
     _, metrics = outcome
-    eval_metrics = {"agreement": {"final": {"f1": 1.0}}, "f1_drop_points": {"agreement": {"final": 0.0}}}
+    eval_metrics = {"agreement": {"onnx_int8": {"f1": 1.0}}, "f1_drop_points": {"agreement": {"onnx_int8": 0.0}}}
     result = gate.run(params_from_dict({"gate": {"go_latency_ms": 10_000, "nogo_latency_ms": 20_000,
                                                  "max_memory_mb": 100_000, "max_agreement_drop": 100.0,
                                                  "min_f1": 0.0}}),
                       eval_metrics, metrics)
-    assert result["decision"] == "GO"
-    chosen = metrics["models"]["final"]["variants"][result["variant"]]
+    assert tuple(result) == GATE_KEYS
+    assert (result["decision"], result["model"], result["variant"]) == ("GO", "onnx_int8", "cpu_onnx")
+    judged, teacher = metrics["models"]["onnx_int8"], metrics["models"]["teacher"]
+    chosen = judged["variants"]["cpu_onnx"]
     by_name = {check["name"]: check["value"] for check in result["checks"]}
-    assert by_name["cpu_latency_p50_ms"] == chosen["doc_p50_ms"]
-    assert by_name["peak_memory_mb"] == chosen["peak_rss_mb"]
-    assert set(result["variants"]) == {"cpu_fp32", "cpu_int8"}
+    assert by_name["cpu_latency_p50_ms"] == result["doc_p50_ms"] == chosen["doc_p50_ms"]
+    assert by_name["peak_memory_mb"] == result["peak_rss_mb"] == chosen["peak_rss_mb"]
+    assert result["disk_bytes"] == judged["disk_bytes"]
+    assert result["size_ratio_vs_teacher_fp32"] == pytest.approx(
+        metrics["ratios"]["onnx_int8_vs_teacher_fp32_disk_bytes"])
+    assert result["latency_ratio_vs_teacher_fp32"] == pytest.approx(
+        metrics["ratios"]["onnx_int8_vs_teacher_fp32_doc_p50_ms"])
 
 
 def test_restarted_peak_forgets_memory_already_freed():

@@ -39,12 +39,15 @@ def test_unknown_teacher_exits_2_and_says_how_to_fix(mlflow_workdir, caplog, mon
 
 
 def _gate_inputs(mlflow_workdir, latency):
+    """Metrics of the model the gate judges by default, the int8 ONNX export."""
     (mlflow_workdir / "eval.json").write_text(json.dumps(
-        {"agreement": {"teacher": {"f1": 1.0}, "final": {"f1": 0.99}},
-         "f1_drop_points": {"agreement": {"final": 1.0}}}))
+        {"agreement": {"teacher": {"f1": 1.0}, "onnx_int8": {"f1": 0.99}},
+         "f1_drop_points": {"agreement": {"onnx_int8": 1.0}}}))
     (mlflow_workdir / "bench.json").write_text(json.dumps(
-        {"final": "final", "doc_tokens": 350, "threads": 2,
-         "models": {"final": {"variants": {"cpu_fp32": {"doc_p50_ms": latency, "peak_rss_mb": 500.0}}}}}))
+        {"teacher": "teacher", "final": "final", "doc_tokens": 350, "threads": 2, "models": {
+            "teacher": {"kind": "teacher", "disk_bytes": 4e8, "variants": {"cpu_fp32": {"doc_p50_ms": 800.0}}},
+            "onnx_int8": {"kind": "onnx", "disk_bytes": 1e8,
+                          "variants": {"cpu_onnx": {"doc_p50_ms": latency, "peak_rss_mb": 500.0}}}}}))
 
 
 @pytest.mark.parametrize(("fail_on_nogo", "latency", "code", "decision"), [
@@ -54,7 +57,15 @@ def test_gate_exit_code_follows_fail_on_nogo(mlflow_workdir, capsys, fail_on_nog
     _gate_inputs(mlflow_workdir, latency)
     assert main(["gate", "--eval", "eval.json", "--bench", "bench.json", "--out", "gate.json"]) == code
     assert json.loads((mlflow_workdir / "gate.json").read_text())["decision"] == decision
-    assert capsys.readouterr().out.startswith(decision)
+    assert capsys.readouterr().out.startswith(f"{decision}  (onnx_int8 cpu_onnx")
+
+
+def test_gate_variant_absent_from_the_metrics_exits_2_naming_the_key(mlflow_workdir, caplog):
+    (mlflow_workdir / "params.yaml").write_text(yaml.safe_dump({"gate": {"variant": "final"}}))
+    _gate_inputs(mlflow_workdir, 100.0)
+    assert main(["gate", "--eval", "eval.json", "--bench", "bench.json", "--out", "gate.json"]) == 2
+    assert "gate.variant = 'final'" in caplog.text and "onnx_int8:cpu_onnx" in caplog.text
+    assert not (mlflow_workdir / "gate.json").exists()
 
 
 def test_stage_run_logs_exactly_the_params_dvc_yaml_declares(mlflow_workdir):

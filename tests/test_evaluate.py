@@ -1,4 +1,5 @@
-"""The evaluate stage end to end: the demo teacher and two students built from it, with a gold set."""
+"""The evaluate stage end to end: the demo teacher, two students built from it and the final one's
+int8 ONNX export, with a gold set."""
 from __future__ import annotations
 
 import csv
@@ -8,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from nerdistill.annotated import load_split
+from nerdistill.export import export_student, load_student
 from nerdistill.io import read_json
 from nerdistill.modeling import build_student
+from nerdistill.params import ExportParams
 from nerdistill.teacher import load_teacher
 from nerdistill.params_reader import params_from_dict
 from nerdistill.stages import evaluate
@@ -27,9 +30,12 @@ def _student(folder: Path, teacher_dir: Path, data_dir: Path, layers: list[int])
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path, annotated_dir: Path) -> dict[str, str]:
     root = tmp_path_factory.mktemp("eval_students")
+    final = _student(root / "final", demo_teacher_dir, annotated_dir, [2, 4])
+    export_student(*load_student(final), root / "onnx_fp32", root / "onnx_int8", ExportParams(), str(final))
+    # As dvc.yaml lists them: the exports after the final student, which stays the last student folder.
     return {"teacher": str(demo_teacher_dir),
             "distilled": str(_student(root / "distilled", demo_teacher_dir, annotated_dir, [1, 2, 4])),
-            "final": str(_student(root / "final", demo_teacher_dir, annotated_dir, [2, 4]))}
+            "final": str(final), "onnx_int8": str(root / "onnx_int8")}
 
 
 @pytest.fixture(scope="module")
@@ -67,14 +73,23 @@ def test_teacher_reproduces_its_own_annotation(outcome) -> None:
 def test_gold_scores_map_extra_types_to_o_and_drops_are_in_points(outcome) -> None:
     _, metrics = outcome
     # The gold set is the agreement reference plus MISC entities mapped to O: identical scores.
-    for name in ("teacher", "distilled", "final"):
+    for name in ("teacher", "distilled", "final", "onnx_int8"):
         assert metrics["gold"][name]["f1"] == pytest.approx(metrics["agreement"][name]["f1"])
         assert "MISC" not in metrics["gold"][name]["per_type"]
     for reference in ("agreement", "gold"):
         drops = metrics["f1_drop_points"][reference]
-        assert set(drops) == {"distilled", "final"}
+        assert set(drops) == {"distilled", "final", "onnx_int8"}
         expected = 100 * (metrics[reference]["teacher"]["f1"] - metrics[reference]["final"]["f1"])
         assert drops["final"] == pytest.approx(expected)
+
+
+def test_the_int8_export_is_scored_like_the_student_it_came_from(outcome) -> None:
+    _, metrics = outcome
+    assert metrics["final"] == "final"  # an export listed after the final student is not the final student
+    for reference in ("agreement", "gold"):
+        final, export = metrics[reference]["final"], metrics[reference]["onnx_int8"]
+        assert export["support"] == final["support"] > 20
+        assert export["f1"] == pytest.approx(final["f1"], abs=0.02)
 
 
 def test_per_class_csv_has_a_row_per_model_reference_and_type(outcome) -> None:

@@ -1,22 +1,28 @@
-"""ONNX export: the exported graph (fp32 and dynamic int8) tags like the PyTorch student, pruned head
-counts and FFN sizes survive, the folder is self-contained, and every model kind gives the same output format."""
+"""The export stage and ONNX export: the exported graph (fp32 and dynamic int8) tags like the PyTorch
+student, embeddings are int8 too, pruned head counts and FFN sizes survive, the folder is self-contained,
+and every model kind gives the same output format."""
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
+import yaml
 
+from nerdistill import cli
 from nerdistill.annotated import load_split
-from nerdistill.export import export_onnx
+from nerdistill.export import MODEL_FILE, _quantize, load_student
 from nerdistill.io import InputError, read_json
-from nerdistill.modeling import FORBIDDEN, build_student, save_student
+from nerdistill.modeling import FORBIDDEN, CrfStudent, build_student, save_student
+from nerdistill.params import ExportParams
+from nerdistill.params_reader import params_from_dict
+from nerdistill.pruning import prune_ffn, prune_heads
+from nerdistill.stages import export as export_stage
 from nerdistill.tagger import NerTagger
 from nerdistill.teacher import load_teacher
-from nerdistill.pruning import prune_ffn, prune_heads
-from nerdistill.tagger import NerTagger
 from nerdistill.text import entity_spans, split_words
 
 HEADS_KEPT = {0: [0, 2], 1: [1], 2: [0, 1, 2, 3], 3: [1, 3]}  # uneven on purpose: 2, 1, 4, 2 heads
@@ -26,7 +32,7 @@ NEURONS_KEPT = {1: list(range(200)), 3: list(range(64, 256))}  # FFN sizes 256, 
 @pytest.fixture(scope="module")
 def student_dir(tmp_path_factory, demo_teacher_dir, annotated_dir) -> Path:
     """A pruned student that tags like the demo teacher: all four teacher layers, the teacher's
-    classifier row of type X as both B-X and I-X emissions, the annotated transition prior."""
+    classifier row of type X as both B-X and I-X emissions."""
     teacher, tokenizer = load_teacher(demo_teacher_dir)
     id2label = {i: label for label, i in read_json(annotated_dir / "label2id.json").items()}
     student = build_student(teacher, id2label, [1, 2, 3, 4], dropout=0.1, provenance={})
@@ -44,15 +50,22 @@ def student_dir(tmp_path_factory, demo_teacher_dir, annotated_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fp32_dir(student_dir, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("export") / "onnx_fp32"
-    return out, export_onnx(student_dir, out, int8=False)
+def exported(student_dir, annotated_dir, tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The export stage with the shipped params (student.vocab: corpus): (fp32 folder, int8 folder, metrics)."""
+    root = tmp_path_factory.mktemp("export")
+    metrics = export_stage.run(params_from_dict({}), model_dir=student_dir, data_dir=annotated_dir,
+                               fp32_dir=root / "onnx_fp32", int8_dir=root / "onnx_int8")
+    return root / "onnx_fp32", root / "onnx_int8", metrics
 
 
 @pytest.fixture(scope="module")
-def int8_dir(student_dir, tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("export") / "onnx_int8"
-    return out, export_onnx(student_dir, out, int8=True)
+def fp32_dir(exported) -> Path:
+    return exported[0]
+
+
+@pytest.fixture(scope="module")
+def int8_dir(exported) -> Path:
+    return exported[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,39 +79,79 @@ def entity_set(tag_lists: list[list[str]]) -> set[tuple[int, str, int, int]]:
     return {(row, *span) for row, tags in enumerate(tag_lists) for span in entity_spans(tags)}
 
 
+def test_stage_metrics_say_what_exporting_cost(exported, student_dir):
+    _, _, metrics = exported
+    assert set(metrics) == {"source", "vocab", "test_sentences", "reference_entities", "fp32", "int8"}
+    assert metrics["source"] == str(student_dir) and metrics["vocab"]["mode"] == "corpus"
+    assert metrics["test_sentences"] > 20 and metrics["reference_entities"] > 40
+    fidelity = {"bytes", "max_abs_emission_diff", "f1_vs_pytorch", "sentences_identical"}
+    assert set(metrics["fp32"]) == fidelity and set(metrics["int8"]) == fidelity | {"bytes_vs_fp32"}
+    assert metrics["fp32"]["max_abs_emission_diff"] < 1e-4
+    assert metrics["fp32"]["f1_vs_pytorch"] == metrics["fp32"]["sentences_identical"] == 1.0
+    # The int8 export agrees with the fp32 PyTorch student on >= 99 % of the test split's entities.
+    assert metrics["int8"]["f1_vs_pytorch"] >= 0.99 and metrics["int8"]["sentences_identical"] >= 0.9
+    assert metrics["int8"]["bytes_vs_fp32"] == metrics["int8"]["bytes"] / metrics["fp32"]["bytes"]
+
+
 def test_fp32_export_tags_exactly_like_pytorch(student_dir, fp32_dir, annotated_dir):
-    out, summary = fp32_dir
-    assert summary["quantization"] == "none" and summary["max_abs_emission_diff"] < 1e-4
-    manifest = read_json(out / "nerdistill_onnx.json")
-    assert manifest["head_counts"] == [2, 1, 4, 2] and manifest["ffn_sizes"] == [256, 200, 256, 192]
-    files = {path.name for path in out.iterdir()}
+    manifest = read_json(fp32_dir / "nerdistill_onnx.json")
+    assert manifest["quantization"] == "none" and manifest["head_counts"] == [2, 1, 4, 2]
+    assert manifest["ffn_sizes"] == [256, 200, 256, 192]
+    original = CrfStudent.from_pretrained(student_dir)
+    assert 0 < manifest["parameters"] <= sum(p.numel() for p in original.parameters())
+    files = {path.name for path in fp32_dir.iterdir()}
     assert {"model.onnx", "crf.json", "nerdistill_onnx.json", "tokenizer_config.json"} <= files
-    assert not list(out.glob("*.pkl")) and not list(out.glob("*.bin"))
+    assert not list(fp32_dir.glob("*.pkl")) and not list(fp32_dir.glob("*.bin"))
 
     test_split = [record["tokens"] for record in load_split(annotated_dir / "test.jsonl")]
     torch_tags = NerTagger.load(student_dir, device="cpu").tag_words(test_split, batch_size=8)
-    onnx_tags = NerTagger.load(out).tag_words(test_split, batch_size=8)
+    onnx_tags = NerTagger.load(fp32_dir).tag_words(test_split, batch_size=8)
     assert len(entity_set(torch_tags)) > 40, "the student should find entities for the comparison to mean anything"
     assert onnx_tags == torch_tags
 
 
-def test_int8_export_keeps_entities(student_dir, int8_dir, fp32_dir, sentences, caplog):
-    out, summary = int8_dir
-    assert summary["quantization"] == "dynamic-int8"
-    assert summary["bytes"] < fp32_dir[1]["bytes"]
+def test_int8_export_keeps_entities(student_dir, int8_dir, sentences):
+    manifest = read_json(int8_dir / "nerdistill_onnx.json")
+    assert (manifest["quantization"], manifest["per_channel"], manifest["quantized_ops"]) == \
+        ("dynamic-int8", True, ["MatMul", "Gather"])
+    tagger = NerTagger.load(int8_dir)
+    assert tagger.kind == "onnx"
     reference = entity_set(NerTagger.load(student_dir, device="cpu").tag_words(sentences))
-    quantised = entity_set(NerTagger.load(out).tag_words(sentences))
+    quantised = entity_set(tagger.tag_words(sentences))
     agreement = len(reference & quantised) / len(reference)
     logging.getLogger(__name__).info("int8 entity agreement with PyTorch on the annotated phrases: %.4f (%d entities)",
                                      agreement, len(reference))
     assert agreement >= 0.99
 
 
+def _embedding_types(model_path: Path) -> dict[str, int]:
+    """ONNX element type of each word/position embedding table in the graph, by table."""
+    tables = {}
+    for tensor in onnx.load(str(model_path)).graph.initializer:
+        for table in ("word_embeddings", "position_embeddings"):
+            if table in tensor.name and len(tensor.dims) == 2:
+                tables[table] = tensor.data_type
+    return tables
+
+
+def test_embeddings_are_int8_unless_told_otherwise(exported, tmp_path):
+    fp32_dir, int8_dir, metrics = exported
+    assert _embedding_types(fp32_dir / MODEL_FILE) == {"word_embeddings": onnx.TensorProto.FLOAT,
+                                                       "position_embeddings": onnx.TensorProto.FLOAT}
+    assert set(_embedding_types(int8_dir / MODEL_FILE).values()) <= {onnx.TensorProto.UINT8, onnx.TensorProto.INT8}
+    # Weights and embeddings at 1 byte instead of 4, plus scales and graph: 0.3; about 0.6 with fp32 embeddings.
+    assert metrics["int8"]["bytes_vs_fp32"] < 0.35
+
+    _quantize(fp32_dir / MODEL_FILE, tmp_path / MODEL_FILE, ExportParams(quantize_embeddings=False))
+    assert set(_embedding_types(tmp_path / MODEL_FILE).values()) == {onnx.TensorProto.FLOAT}
+    assert (tmp_path / MODEL_FILE).stat().st_size > 1.5 * metrics["int8"]["bytes"]
+
+
 def test_onnx_windows_long_lines_like_pytorch(student_dir, fp32_dir, corpus_path):
     text = " ".join(corpus_path.read_text(encoding="utf-8").splitlines()[:15])
     windows = {"max_length": 40, "stride": 12, "batch_size": 4}
     torch_entities = NerTagger.load(student_dir, device="cpu", **windows)([text])[0]
-    onnx_tagger = NerTagger.load(fp32_dir[0], **windows)
+    onnx_tagger = NerTagger.load(fp32_dir, **windows)
     assert len(onnx_tagger.words.windows([w.text for w in split_words(text)])) > 5
     onnx_entities = onnx_tagger([text])[0]
     assert [(e["start"], e["end"], e["type"]) for e in onnx_entities] == \
@@ -107,7 +160,7 @@ def test_onnx_windows_long_lines_like_pytorch(student_dir, fp32_dir, corpus_path
 
 
 def test_crf_file_holds_the_constrained_decoding_weights(fp32_dir):
-    crf = read_json(fp32_dir[0] / "crf.json")
+    crf = read_json(fp32_dir / "crf.json")
     labels = crf["labels"]
     assert labels[0] == "O" and len(crf["transitions"]) == len(labels)
     for label, score in zip(labels, crf["start"]):
@@ -119,7 +172,7 @@ def test_crf_file_holds_the_constrained_decoding_weights(fp32_dir):
 def test_every_model_kind_gives_the_same_output_format(student_dir, fp32_dir, demo_teacher_dir):
     text = "Le docteur Jean Martin a reçu Mme Durand à l'hôpital Saint-Louis de Paris."
     outputs = {path.name if isinstance(path, Path) else path: NerTagger.load(path, device="cpu")([text])[0]
-               for path in (student_dir, fp32_dir[0], demo_teacher_dir)}
+               for path in (student_dir, fp32_dir, demo_teacher_dir)}
     for name, entities in outputs.items():
         assert entities, f"{name} found nothing"
         for entity in entities:
@@ -129,9 +182,26 @@ def test_every_model_kind_gives_the_same_output_format(student_dir, fp32_dir, de
     json.dumps(outputs)  # JSON-serialisable as predict writes it
 
 
-def test_export_refuses_what_is_not_a_student(demo_teacher_dir, tmp_path):
+def test_export_refuses_what_is_not_a_student(demo_teacher_dir, annotated_dir, tmp_path):
     with pytest.raises(InputError, match="export takes a CRF student folder"):
-        export_onnx(demo_teacher_dir, tmp_path / "out", int8=False)
+        load_student(demo_teacher_dir)
     with pytest.raises(InputError, match="no such model folder"):
-        export_onnx(tmp_path / "absent", tmp_path / "out", int8=False)
-    assert not (tmp_path / "out").exists()
+        export_stage.run(params_from_dict({}), model_dir=tmp_path / "absent", data_dir=annotated_dir,
+                         fp32_dir=tmp_path / "fp32", int8_dir=tmp_path / "int8")
+    assert not (tmp_path / "fp32").exists() and not (tmp_path / "int8").exists()
+
+
+def test_full_vocabulary_through_the_command(student_dir, annotated_dir, mlflow_workdir, monkeypatch):
+    def no_trimming(*args):
+        raise AssertionError("student.vocab: full must not trim")
+
+    monkeypatch.setattr(export_stage, "trim_student", no_trimming)
+    (mlflow_workdir / "params.yaml").write_text(yaml.safe_dump({"student": {"vocab": "full"}}))
+    code = cli.main(["export", "--model", str(student_dir), "--data", str(annotated_dir), "--fp32", "fp32",
+                     "--int8", "int8", "--metrics", "export.json"])
+    assert code == 0
+    metrics = json.loads((mlflow_workdir / "export.json").read_text())
+    _, tokenizer = load_student(student_dir)
+    assert metrics["vocab"] == {"mode": "full", "size": len(tokenizer)}
+    assert read_json(mlflow_workdir / "int8" / "nerdistill_onnx.json")["vocab_size"] == len(tokenizer)
+    assert NerTagger.load(mlflow_workdir / "fp32").tag_words([["Marie", "habite", "à", "Lyon", "."]])

@@ -1,30 +1,40 @@
-"""Gate decisions on every boundary: latency 199/200/300/301 ms, gold and agreement drops, the F1 floor, memory."""
+"""Gate decisions on every boundary (latency 199/200/300/301 ms, gold and agreement drops, the F1
+floor, memory), on the one variant gate.variant names, and gate.json's flat summary."""
 from __future__ import annotations
 
 import pytest
 
+from nerdistill.params import ParamsError
 from nerdistill.params_reader import params_from_dict
-from nerdistill.results import gate_summary
+from nerdistill.results import GATE_KEYS, gate_summary
 from nerdistill.stages import gate
 
 PARAMS = params_from_dict({"gate": {"max_f1_drop": 1.0, "max_agreement_drop": 3.0, "min_f1": 0.5,
                                     "go_latency_ms": 200, "nogo_latency_ms": 300, "max_memory_mb": 4096}})
+JUDGED = "onnx_int8"  # gate.variant's default
 
 
 def _eval(drop_agreement: float = 1.0, drop_gold: float | None = None, gold_f1: float = 0.87) -> dict:
-    metrics = {"agreement": {"teacher": {"f1": 1.0}, "final": {"f1": 1 - drop_agreement / 100}},
-               "f1_drop_points": {"agreement": {"final": drop_agreement}}}
+    """Scores of the judged export; the final student's are poor, so reading the wrong model shows."""
+    metrics = {"agreement": {"teacher": {"f1": 1.0}, JUDGED: {"f1": 1 - drop_agreement / 100}, "final": {"f1": 0.2}},
+               "f1_drop_points": {"agreement": {JUDGED: drop_agreement, "final": 80.0}}}
     if drop_gold is not None:
-        metrics["gold"] = {"teacher": {"f1": gold_f1 + drop_gold / 100}, "final": {"f1": gold_f1}}
-        metrics["f1_drop_points"]["gold"] = {"final": drop_gold}
+        metrics["gold"] = {"teacher": {"f1": gold_f1 + drop_gold / 100}, JUDGED: {"f1": gold_f1},
+                           "final": {"f1": 0.1}}
+        metrics["f1_drop_points"]["gold"] = {JUDGED: drop_gold, "final": 70.0}
     return metrics
 
 
-def _bench(latency: float = 100.0, memory: float = 1000.0, int8: dict | None = None) -> dict:
-    variants = {"cpu_fp32": {"doc_p50_ms": latency, "peak_rss_mb": memory}}
-    if int8 is not None:
-        variants["cpu_int8"] = int8
-    return {"final": "final", "doc_tokens": 350, "threads": 2, "models": {"final": {"variants": variants}}}
+def _bench(latency: float = 100.0, memory: float = 1000.0, teacher_disk: float | None = 100e6) -> dict:
+    return {"teacher": "teacher", "final": "final", "doc_tokens": 350, "threads": 2, "models": {
+        "teacher": {"kind": "teacher", "disk_bytes": teacher_disk,
+                    "variants": {"cpu_fp32": {"doc_p50_ms": 400.0, "peak_rss_mb": 2000.0}}},
+        "final": {"kind": "student", "disk_bytes": 50e6, "variants": {
+            "cpu_fp32": {"doc_p50_ms": 250.0, "peak_rss_mb": 1500.0},
+            "cpu_int8": {"doc_p50_ms": 150.0, "peak_rss_mb": 1200.0, "f1_agreement": 0.98, "f1_drop_points": 2.0},
+            "cuda_fp32": {"doc_p50_ms": 5.0}}},
+        JUDGED: {"kind": "onnx", "disk_bytes": 25e6,
+                 "variants": {"cpu_onnx": {"doc_p50_ms": latency, "peak_rss_mb": memory}}}}}
 
 
 @pytest.mark.parametrize(("latency", "decision"), [(199, "GO"), (199.99, "GO"), (200, "REVIEW"),
@@ -61,10 +71,10 @@ def test_gold_threshold_is_never_applied_to_agreement() -> None:
 
 @pytest.mark.parametrize("basis", ["gold", "agreement"])
 def test_useless_models_are_nogo_whatever_the_drop(basis: str) -> None:
-    # A near-untrained teacher and a student at F1 0.00: a drop of 0 points, and still NO-GO.
+    # A near-untrained teacher and an export at F1 0.00: a drop of 0 points, and still NO-GO.
     metrics = _eval(drop_agreement=0.0, drop_gold=0.0, gold_f1=0.0) if basis == "gold" else _eval(drop_agreement=0.0)
     if basis == "agreement":
-        metrics["agreement"]["final"]["f1"] = 0.0
+        metrics["agreement"][JUDGED]["f1"] = 0.0
     result = gate.run(PARAMS, metrics, _bench())
     assert (result["basis"], result["decision"]) == (basis, "NO-GO")
     floor = next(c for c in result["checks"] if c["name"] == "f1")
@@ -96,27 +106,67 @@ def test_agreement_basis_without_gold() -> None:
     assert (result["basis"], result["decision"]) == ("agreement", "GO")
 
 
-def test_faster_int8_wins_only_when_its_quality_passes() -> None:
-    good_int8 = {"doc_p50_ms": 150.0, "peak_rss_mb": 1200.0, "f1_drop_points": 2.0, "f1_agreement": 0.98}
-    result = gate.run(PARAMS, _eval(), _bench(latency=250.0, int8=good_int8))
-    assert (result["decision"], result["variant"]) == ("GO", "cpu_int8")
-    assert result["variants"] == {"cpu_fp32": "REVIEW", "cpu_int8": "GO"}
+def test_default_judges_the_int8_export_and_writes_the_flat_summary() -> None:
+    result = gate.run(PARAMS, _eval(drop_agreement=1.5), _bench(latency=100.0, memory=900.0))
+    assert tuple(result) == GATE_KEYS
+    assert {key: result[key] for key in GATE_KEYS[:-1]} == {
+        "decision": "GO", "basis": "agreement", "model": "onnx_int8", "variant": "cpu_onnx",
+        "f1": pytest.approx(0.985), "f1_drop_points": 1.5, "doc_p50_ms": 100.0, "disk_bytes": 25e6,
+        "peak_rss_mb": 900.0, "latency_ratio_vs_teacher_fp32": 0.25, "size_ratio_vs_teacher_fp32": 0.25}
+    assert [check["name"] for check in result["checks"]] == ["agreement_drop_points", "f1", "cpu_latency_p50_ms",
+                                                            "peak_memory_mb"]
+    assert all("onnx_int8 (cpu_onnx)" in check["source"] for check in result["checks"])
 
-    bad_int8 = {**good_int8, "f1_drop_points": 60.0, "f1_agreement": 0.4}
-    result = gate.run(PARAMS, _eval(), _bench(latency=250.0, int8=bad_int8))
-    assert (result["decision"], result["variant"]) == ("REVIEW", "cpu_fp32")
+
+def test_a_pytorch_model_is_judged_on_cpu_fp32_by_default() -> None:
+    params = params_from_dict({"gate": {"variant": "final", "min_f1": 0.0, "max_agreement_drop": 100.0}})
+    result = gate.run(params, _eval(drop_gold=0.5), _bench())
+    assert (result["model"], result["variant"], result["basis"]) == ("final", "cpu_fp32", "gold")
+    assert (result["f1"], result["f1_drop_points"], result["doc_p50_ms"]) == (0.1, 70.0, 250.0)
+    assert (result["disk_bytes"], result["size_ratio_vs_teacher_fp32"]) == (50e6, 0.5)
+    assert result["decision"] == "NO-GO"  # 70 gold points lost
 
 
-def test_int8_is_not_a_candidate_on_the_gold_basis() -> None:
-    int8 = {"doc_p50_ms": 150.0, "peak_rss_mb": 1200.0, "f1_drop_points": 0.0, "f1_agreement": 1.0}
-    result = gate.run(PARAMS, _eval(drop_gold=1.0), _bench(latency=250.0, int8=int8))
-    assert (result["variant"], result["decision"]) == ("cpu_fp32", "REVIEW")
+def test_torch_int8_is_judged_on_benchs_agreement_even_with_gold() -> None:
+    params = params_from_dict({"gate": {"variant": "final:cpu_int8"}})
+    result = gate.run(params, _eval(drop_gold=0.5), _bench())
+    assert (result["variant"], result["basis"], result["f1"], result["f1_drop_points"]) == \
+        ("cpu_int8", "agreement", 0.98, 2.0)
+    # Quantised in memory, never saved: no bytes on disk to report.
+    assert result["disk_bytes"] is None and result["size_ratio_vs_teacher_fp32"] is None
+    assert result["latency_ratio_vs_teacher_fp32"] == 150.0 / 400.0
+    assert result["decision"] == "GO"
+
+
+def test_unknown_teacher_size_leaves_the_size_ratio_null() -> None:
+    result = gate.run(PARAMS, _eval(), _bench(teacher_disk=None))
+    assert result["disk_bytes"] == 25e6 and result["size_ratio_vs_teacher_fp32"] is None
+    assert "latency 0.250, size unknown" in gate_summary(result)
+
+
+@pytest.mark.parametrize(("variant", "message"), [
+    ("onnx_fp32", "bench measured no model 'onnx_fp32'"),
+    ("final:cpu_onnx", "bench measured no CPU variant 'cpu_onnx' of 'final'"),
+    ("final:cuda_fp32", "bench measured no CPU variant 'cuda_fp32' of 'final'"),
+])
+def test_a_variant_bench_did_not_measure_is_an_error_listing_what_it_did(variant: str, message: str) -> None:
+    with pytest.raises(ParamsError, match=f"gate.variant = '{variant}': {message}") as error:
+        gate.run(params_from_dict({"gate": {"variant": variant}}), _eval(), _bench())
+    assert "teacher:cpu_fp32, final:cpu_fp32, final:cpu_int8, onnx_int8:cpu_onnx:" in str(error.value)
+
+
+def test_a_model_evaluate_did_not_score_is_an_error() -> None:
+    metrics = _eval()
+    del metrics["agreement"][JUDGED]
+    with pytest.raises(ParamsError, match="gate.variant = 'onnx_int8': evaluate scored no model 'onnx_int8'; "
+                                          "it scored final, teacher"):
+        gate.run(PARAMS, metrics, _bench())
 
 
 def test_missing_figure_names_the_key() -> None:
     bench = _bench()
-    del bench["models"]["final"]["variants"]["cpu_fp32"]["peak_rss_mb"]
-    with pytest.raises(ValueError, match="peak_rss_mb"):
+    del bench["models"][JUDGED]["variants"]["cpu_onnx"]["peak_rss_mb"]
+    with pytest.raises(ValueError, match="models.onnx_int8.variants.cpu_onnx.peak_rss_mb"):
         gate.run(PARAMS, _eval(), bench)
 
 
@@ -134,5 +184,6 @@ def test_exit_code(decision: str, fail_on_nogo: bool, code: int) -> None:
 
 def test_summary_names_decision_and_checks() -> None:
     text = gate_summary(gate.run(PARAMS, _eval(), _bench(latency=250)))
-    assert text.splitlines()[0].startswith("REVIEW")
+    assert text.splitlines()[0] == "REVIEW  (onnx_int8 cpu_onnx, F1 basis: agreement)"
     assert "FAIL (REVIEW)  cpu_latency_p50_ms = 250.00" in text
+    assert text.splitlines()[-1] == "  size on disk 25.00 MB; over the teacher's fp32: latency 0.625, size 0.250"

@@ -19,6 +19,8 @@ def test_shipped_params_are_the_seeds_configuration():
     assert (params.distill.epochs, params.finetune.epochs) == (10, 2)
     assert params.distill.batch_size == 16 and params.distill.learning_rate == 2e-5
     assert params.distill.layer_map.pairs() == [(2, 2), (4, 3), (6, 5), (8, 7), (10, 9), (12, 10)]
+    assert (params.student.vocab, params.gate.variant) == ("corpus", "onnx_int8")
+    assert params.export.per_channel and params.export.quantize_embeddings
 
 
 def test_every_student_layer_in_the_layer_map_starts_from_its_teacher_layer():
@@ -43,6 +45,13 @@ def test_every_student_layer_in_the_layer_map_starts_from_its_teacher_layer():
     ({"gate": {"fail_on_nogo": "yes"}}, "gate.fail_on_nogo"),
     ({"finetune": {"weights": [1.0, 0.8]}}, "finetune.weights"),
     ({"extra": {}}, "extra"),
+    ({"student": {"vocab": "trimmed"}}, "student.vocab"),
+    ({"export": {"per_channel": "yes"}}, "export.per_channel"),
+    ({"export": {"calibrate": True}}, "export.calibrate"),
+    ({"gate": {"variant": ""}}, "gate.variant"),
+    ({"gate": {"variant": ":cpu_onnx"}}, "gate.variant"),
+    ({"gate": {"variant": "final:"}}, "gate.variant"),
+    ({"gate": {"variant": "final:cpu_fp32:x"}}, "gate.variant"),
 ])
 def test_bad_values_name_the_key(raw, key):
     with pytest.raises(ParamsError, match=key.replace(".", r"\.")):
@@ -52,6 +61,20 @@ def test_bad_values_name_the_key(raw, key):
 def test_allowed_values_are_listed():
     with pytest.raises(ParamsError, match="per_layer, global"):
         params_from_dict({"pruning": {"scope": "random"}})
+
+
+def test_student_vocab_is_checked_in_code_too():
+    from nerdistill.params import StudentParams
+
+    params_from_dict({"student": {"vocab": "full"}})
+    with pytest.raises(ParamsError, match=r"student\.vocab = 'Corpus'.*full .*corpus"):
+        StudentParams(vocab="Corpus").validate("student")
+
+
+@pytest.mark.parametrize(("variant", "judged"), [("onnx_int8", ("onnx_int8", None)),
+                                                 ("final:cpu_int8", ("final", "cpu_int8"))])
+def test_gate_variant_names_a_model_and_optionally_its_variant(variant, judged):
+    assert params_from_dict({"gate": {"variant": variant}}).gate.judged() == judged
 
 
 def test_load_params_names_the_file(tmp_path):

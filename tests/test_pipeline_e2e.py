@@ -1,7 +1,7 @@
 """End to end: the real `dvc repro` and `dvc exp run` commands on a copy of this repository.
 
 A tiny params profile (the demo teacher, a 3-layer student, one epoch each, few bench rounds)
-and a 200-line corpus keep the seven stages to a few minutes on two cores. One module fixture
+and a 200-line corpus keep the eight stages to a few minutes on two cores. One module fixture
 runs the pipeline once and two experiments; each test reads what DVC, the metrics files and
 the MLflow store say about that single execution.
 """
@@ -26,7 +26,7 @@ from nerdistill.params_reader import params_from_dict
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ("annotate", "distill", "prune", "finetune", "evaluate", "bench", "gate")
+STAGES = ("annotate", "distill", "prune", "finetune", "export", "evaluate", "bench", "gate")
 CORPUS_LINES = 200
 COMMAND_TIMEOUT_S = 600
 
@@ -132,10 +132,16 @@ def _exp_name(output: str) -> str:
 
 def test_repro_runs_every_stage_and_the_gate_decides(pipeline: Pipeline) -> None:
     assert _ran(pipeline.outputs["repro"]) == set(STAGES)
-    for name in ("annotate", "distill", "prune", "finetune", "eval", "bench", "gate"):
+    for name in ("annotate", "distill", "prune", "finetune", "export", "eval", "bench", "gate"):
         assert json.loads((pipeline.root / "metrics" / f"{name}.json").read_text())
     gate = json.loads((pipeline.root / "metrics" / "gate.json").read_text())
     assert gate["decision"] in {"GO", "REVIEW", "NO-GO"}
+    # What ships is judged: the int8 ONNX export, scored by evaluate and timed by bench.
+    assert (gate["model"], gate["variant"]) == ("onnx_int8", "cpu_onnx")
+    assert gate["disk_bytes"] == json.loads((pipeline.root / "metrics" / "bench.json").read_text())[
+        "models"]["onnx_int8"]["disk_bytes"]
+    exported = json.loads((pipeline.root / "metrics" / "export.json").read_text())
+    assert exported["int8"]["bytes"] < 0.35 * exported["fp32"]["bytes"]
     # No gold set in this profile: agreement has its own bound, never the gold one.
     assert [c["name"] for c in gate["checks"]] == ["agreement_drop_points", "f1", "cpu_latency_p50_ms",
                                                    "peak_memory_mb"]
@@ -145,7 +151,7 @@ def test_repro_runs_every_stage_and_the_gate_decides(pipeline: Pipeline) -> None
 def test_pruning_ratio_reruns_prune_onward_only(pipeline: Pipeline) -> None:
     output = pipeline.outputs["ratio"]
     assert _skipped(output) == {"annotate", "distill"}
-    assert _ran(output) == {"prune", "finetune", "evaluate", "bench", "gate"}
+    assert _ran(output) == {"prune", "finetune", "export", "evaluate", "bench", "gate"}
 
 
 def test_temperature_reruns_distill_onward(pipeline: Pipeline) -> None:
@@ -187,11 +193,11 @@ def test_mlflow_has_one_parent_per_execution_with_its_gate(pipeline: Pipeline) -
     assert any(name.startswith("main@") for name in names)  # dvc repro: branch@commit
     parent_ids = {p.info.run_id for p in parents}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == parent_ids
-    # 7 stages, then 5 (prune onward), then 6 (distill onward).
-    assert len(children) == 7 + 5 + 6
+    # 8 stages, then 6 (prune onward), then 7 (distill onward).
+    assert len(children) == 8 + 6 + 7
     ratio_parent = next(p for p in parents if p.data.tags.get("dvc_exp_name") == pipeline.exp_names["ratio"])
     stages = {c.data.tags["stage"] for c in children if c.data.tags["mlflow.parentRunId"] == ratio_parent.info.run_id}
-    assert stages == {"prune", "finetune", "evaluate", "bench", "gate"}
+    assert stages == {"prune", "finetune", "export", "evaluate", "bench", "gate"}
     filtered = client.search_runs([experiment.experiment_id],
                                   filter_string="params.`pruning.ratio` = '0.5' and tags.gate != ''")
     assert [r.info.run_id for r in filtered] == [ratio_parent.info.run_id]

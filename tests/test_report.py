@@ -27,9 +27,11 @@ json.dump({"final": "final", "agreement": {"teacher": {"f1": 1.0}, "final": {"f1
            "f1_drop_points": {"agreement": {"final": 10 * ratio}}}, open(out / "eval.json", "w"))
 json.dump({"final": "final", "models": {"final": {"variants": variants}},
            "ratios": {"doc_p50_ms": ratio, "parameters": 0.5, "disk_bytes": 0.5}}, open(out / "bench.json", "w"))
-json.dump({"decision": "GO" if ratio < 0.4 else "NO-GO", "basis": "agreement", "model": "final",
-           "variant": "cpu_fp32", "checks": [{"name": "cpu_latency_p50_ms", "value": 100 * ratio,
-           "threshold": 200, "passed": True, "source": "toy"}]}, open(out / "gate.json", "w"))
+json.dump({"decision": "GO" if ratio < 0.4 else "NO-GO", "basis": "agreement", "model": "onnx_int8",
+           "variant": "cpu_onnx", "f1": 1 - ratio / 10, "f1_drop_points": 10 * ratio, "doc_p50_ms": 40 * ratio,
+           "disk_bytes": 2e7, "peak_rss_mb": 300.0, "latency_ratio_vs_teacher_fp32": ratio / 2,
+           "size_ratio_vs_teacher_fp32": 0.2, "checks": [{"name": "cpu_latency_p50_ms", "value": 40 * ratio,
+           "threshold": 200, "passed": True, "on_fail": "REVIEW", "source": "toy"}]}, open(out / "gate.json", "w"))
 '''
 DVC_YAML = """stages:
   toy:
@@ -142,6 +144,10 @@ def test_report_compares_workspace_baseline_and_experiment(toy_repo: tuple[Path,
     assert experiment["F1 drop (pts, agreement)"][0] == "5.00"
     assert experiment["latency ratio fp32"][0] == "0.500"
     assert baseline["gate"] == ("GO", "GO") and experiment["gate"] == ("NO-GO", "NO-GO changed")
+    # Which variant the gate judged, and its own figures against the teacher.
+    assert (experiment["gate model"][0], experiment["gate variant"][0]) == ("onnx_int8", "cpu_onnx")
+    assert experiment["gate latency / teacher fp32"] == ("0.250", "changed")
+    assert experiment["gate size / teacher fp32"] == ("0.200", "")
     assert experiment["gold F1"][0] == ""  # no gold set scored: an empty cell, not an error
 
     # Self-contained: the only source is the inlined workspace PNG, byte for byte.

@@ -131,8 +131,10 @@ def _quantize(model: nn.Module, inplace: bool) -> nn.Module:
 
 
 def parameter_count(tagger: NerTagger) -> int | None:
+    """Parameters of the PyTorch model; for an ONNX export, those of the student it was exported
+    from, as its manifest records them (None for an export that does not)."""
     model = getattr(tagger.backend, "model", None)
-    return None if model is None else sum(p.numel() for p in model.parameters())
+    return tagger.backend.parameters if model is None else sum(p.numel() for p in model.parameters())
 
 
 def disk_bytes(path: str) -> int | None:

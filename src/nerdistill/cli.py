@@ -96,6 +96,13 @@ def cmd_finetune(args: argparse.Namespace, params: Params) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, params: Params) -> int:
+    run = lambda: _stage("export").run(params, model_dir=args.model, data_dir=args.data, fp32_dir=args.fp32,
+                                       int8_dir=args.int8)
+    _tracked(args, "export", params, args.metrics, run, artifacts=(args.int8,), to_parent=True)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace, params: Params) -> int:
     models = {"teacher": params.teacher.model_name, **_model_pairs(args.model)}
     run = lambda: _stage("evaluate").run(
@@ -132,14 +139,6 @@ def cmd_predict(args: argparse.Namespace, params: Params | None) -> int:
     counts = predict_stream(tagger, args.input, args.output, batch_size=args.batch_size, input_format=args.format)
     log.info("predict: %s", counts)
     return 1 if counts.get("failed", 0) else 0
-
-
-def cmd_export(args: argparse.Namespace, params: Params | None) -> int:
-    from nerdistill.export import export_onnx
-
-    summary = export_onnx(args.model, args.out, int8=args.int8)
-    log.info("export: %s", summary)
-    return 0
 
 
 def cmd_make_corpus(args: argparse.Namespace, params: Params | None) -> int:
@@ -207,24 +206,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--importance", type=Path, required=True, help="head importance JSON")
     p.add_argument("--heatmap", type=Path, required=True, help="head importance PNG")
 
+    p = add("export", cmd_export, "ONNX exports of a student, fp32 and dynamic int8, vocabulary trimmed per "
+            "student.vocab, with their fidelity to the PyTorch student")
+    p.add_argument("--model", type=Path, required=True, help="student folder (finetune's output)")
+    p.add_argument("--data", type=Path, required=True, help="annotate's output folder")
+    p.add_argument("--fp32", type=Path, required=True, help="folder for the fp32 ONNX export")
+    p.add_argument("--int8", type=Path, required=True, help="folder for the int8 ONNX export")
+    p.add_argument("--metrics", type=Path, required=True)
+
     def compares_models(p: argparse.ArgumentParser, verb: str) -> argparse.ArgumentParser:
         p.add_argument("--data", type=Path, required=True, help="annotate's output folder")
         p.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
-                       help=f"a student to {verb}, after the teacher from params (repeatable)")
+                       help=f"a student or ONNX export folder to {verb}, after the teacher from params "
+                            "(repeatable); the final student is the last student folder")
         p.add_argument("--metrics", type=Path, required=True)
         return p
 
-    p = compares_models(add("evaluate", cmd_evaluate, "seqeval strict IOB2 scores of the teacher and every student"),
+    p = compares_models(add("evaluate", cmd_evaluate, "seqeval strict IOB2 scores of the teacher and every model"),
                         "score")
     p.add_argument("--per-class", type=Path, required=True)
     p.add_argument("--confusion", type=Path, required=True)
     p.add_argument("--errors", type=Path, required=True)
 
     p = compares_models(add("bench", cmd_bench, "latency, throughput, memory and size of the teacher and every "
-                            "student"), "time")
+                            "model"), "time")
     p.add_argument("--plot", type=Path, required=True)
 
-    p = add("gate", cmd_gate, "GO / NO-GO from the eval and bench metrics")
+    p = add("gate", cmd_gate, "GO / REVIEW / NO-GO for the model gate.variant names, from the eval and "
+            "bench metrics")
     p.add_argument("--eval", type=Path, required=True)
     p.add_argument("--bench", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -241,11 +250,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "line is a JSON object, else txt (default: %(default)s)")
     p.add_argument("--output", default="-", help=".jsonl or - for stdout")
     p.add_argument("--batch-size", type=int, default=32)
-
-    p = add("export", cmd_export, "ONNX export of a student (optionally dynamic int8)", needs_params=False)
-    p.add_argument("--model", type=Path, default=Path("models/student_final"))
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--int8", action="store_true")
 
     p = add("make-corpus", cmd_make_corpus, "regenerate the shipped sample corpus", needs_params=False)
     p.add_argument("--out", type=Path, required=True)

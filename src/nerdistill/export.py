@@ -7,14 +7,18 @@ applied, exactly those `CrfStudent.decode` uses, and `NerTagger.load(out_dir)` r
 Viterbi on onnxruntime's emissions. A pruned student exports with its uneven per-layer head counts
 because it is loaded through `CrfStudent.from_pretrained`, which rebuilds them.
 
-Output folder: `model.onnx` (fp32, or dynamically quantised int8 weights with `int8=True`),
-`crf.json`, `nerdistill_onnx.json` (what the folder is, window settings, provenance) and the
-tokenizer files. No pickle anywhere.
+`export_student` takes the student and its tokenizer in memory (the export stage trims the
+vocabulary first), traces the graph once and writes two folders: fp32, and the same graph
+dynamically quantised to int8 (weights of every MatMul, per channel or per tensor, and, unless
+told otherwise, the embedding tables behind the Gather nodes). Each folder: `model.onnx`,
+`crf.json`, `nerdistill_onnx.json` (what the folder is, window settings, parameter count,
+provenance) and the tokenizer files. No pickle anywhere.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from nerdistill.data import NerCollator, WordTokenizer
 from nerdistill.io import InputError, atomic_dir, write_json
@@ -31,6 +36,7 @@ from nerdistill.labels import ordered_labels
 from nerdistill.model_folders import (CRF_FILE, ONNX_MANIFEST, load_tokenizer, model_kind, student_window,
                                       window_length)
 from nerdistill.modeling import CrfStudent
+from nerdistill.params import ExportParams
 from nerdistill.text import split_words
 
 log = logging.getLogger(__name__)
@@ -55,41 +61,53 @@ class EmissionsGraph(nn.Module):
                             word_mask=word_mask).emissions  # (B, W, L)
 
 
-def export_onnx(model_dir: str | Path, out_dir: str | Path, int8: bool = False) -> dict[str, Any]:
-    """Export the student in `model_dir` to `out_dir` (replaced atomically); returns a summary with
-    the largest emission difference from PyTorch on an example batch."""
+def load_student(model_dir: str | Path) -> tuple[CrfStudent, PreTrainedTokenizerBase]:
+    """The fp32 student and tokenizer of a student folder; anything else is refused, naming what it is."""
     kind, folder = model_kind(model_dir)
     if kind != "student":
         raise InputError(f"{model_dir}: export takes a CRF student folder (distill/prune/finetune output), "
                          f"this is a {kind} model")
-    student = CrfStudent.from_pretrained(folder).float().eval()
-    tokenizer = load_tokenizer(folder)
+    return CrfStudent.from_pretrained(folder).float().eval(), load_tokenizer(folder)
+
+
+def export_student(student: CrfStudent, tokenizer: PreTrainedTokenizerBase, fp32_dir: str | Path,
+                   int8_dir: str | Path, settings: ExportParams, source: str) -> dict[str, dict[str, Any]]:
+    """Trace `student` once, write it to `fp32_dir` and its int8 quantisation to `int8_dir` (each
+    replaced atomically). Returns {"fp32" | "int8": {"bytes", "max_abs_emission_diff"}}, the largest
+    emission difference from PyTorch on an example batch; `source` is recorded in the manifests."""
+    student = student.float().eval()
     max_length, stride = student_window(student.config, tokenizer)
-    max_positions = window_length(student.config.encoder.max_position_embeddings, tokenizer)
     example = _example_batch(tokenizer, max_length, stride)
-    with atomic_dir(out_dir) as tmp, tempfile.TemporaryDirectory(prefix="onnx_fp32_") as work:
-        fp32_path = Path(work) / MODEL_FILE
-        _export_graph(student, example, fp32_path)
-        if int8:
-            _quantize(fp32_path, tmp / MODEL_FILE)
-        else:
-            fp32_path.replace(tmp / MODEL_FILE)
-        _write_crf(student, tmp / CRF_FILE)
-        tokenizer.save_pretrained(tmp)
-        manifest = {
-            "format": "nerdistill-onnx", "model_file": MODEL_FILE, "inputs": list(INPUTS), "outputs": ["emissions"],
-            "quantization": "dynamic-int8" if int8 else "none", "max_length": max_length, "stride": stride,
-            "max_positions": max_positions, "source": str(model_dir), "head_counts": student.config.head_counts,
-            "ffn_sizes": student.config.ffn_sizes, "provenance": student.config.provenance,
-        }
-        write_json(tmp / ONNX_MANIFEST, manifest)
-        max_diff = _max_difference(student, tmp / MODEL_FILE, example)
-        size = (tmp / MODEL_FILE).stat().st_size
-    summary = {"out_dir": str(out_dir), "quantization": manifest["quantization"], "bytes": size,
-               "max_abs_emission_diff": max_diff}
-    log.info("exported %s to %s (%s, %.1f MB); largest emission difference from PyTorch %.2e", model_dir, out_dir,
-             manifest["quantization"], size / 1e6, max_diff)
-    return summary
+    manifest = {
+        "format": "nerdistill-onnx", "model_file": MODEL_FILE, "inputs": list(INPUTS), "outputs": ["emissions"],
+        "max_length": max_length, "stride": stride,
+        "max_positions": window_length(student.config.encoder.max_position_embeddings, tokenizer),
+        "parameters": sum(p.numel() for p in student.parameters()), "vocab_size": len(tokenizer),
+        "source": source, "head_counts": student.config.head_counts,
+        "ffn_sizes": student.config.ffn_sizes, "provenance": student.config.provenance,
+    }
+    int8_manifest = {**manifest, "quantization": "dynamic-int8", "per_channel": settings.per_channel,
+                     "quantized_ops": list(_quantized_ops(settings))}
+    summaries = {}
+    with tempfile.TemporaryDirectory(prefix="onnx_fp32_") as work:
+        graph = Path(work) / MODEL_FILE
+        _export_graph(student, example, graph)
+        for name, out_dir, folder_manifest in (("fp32", fp32_dir, {**manifest, "quantization": "none"}),
+                                               ("int8", int8_dir, int8_manifest)):
+            with atomic_dir(out_dir) as tmp:
+                if name == "int8":
+                    _quantize(graph, tmp / MODEL_FILE, settings)
+                else:
+                    shutil.copyfile(graph, tmp / MODEL_FILE)
+                _write_crf(student, tmp / CRF_FILE)
+                tokenizer.save_pretrained(tmp)
+                write_json(tmp / ONNX_MANIFEST, folder_manifest)
+                summaries[name] = {"bytes": (tmp / MODEL_FILE).stat().st_size,
+                                   "max_abs_emission_diff": _max_difference(student, tmp / MODEL_FILE, example)}
+            log.info("exported %s to %s (%s, %.2f MB); largest emission difference from PyTorch %.2e", source,
+                     out_dir, folder_manifest["quantization"], summaries[name]["bytes"] / 1e6,
+                     summaries[name]["max_abs_emission_diff"])
+    return summaries
 
 
 def _example_batch(tokenizer: Any, max_length: int, stride: int) -> dict[str, torch.Tensor]:
@@ -112,19 +130,43 @@ def _export_graph(student: CrfStudent, example: dict[str, torch.Tensor], path: P
             dynamic_shapes={"input_ids": {0: batch, 1: tokens}, "attention_mask": {0: batch, 1: tokens},
                             "word_index": {0: batch, 1: words}},
             verbose=False)
+    _strip_origins(path)
 
 
-def _quantize(fp32_path: Path, int8_path: Path) -> None:
+def _strip_origins(path: Path) -> None:
+    """Drop the PyTorch origin the exporter writes on every node (module path, FX node, stack trace):
+    a debugging aid, not model, and a third of a small student's file, which would make the fp32
+    export look bigger than its weights (the quantiser drops it from the int8 one anyway)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for entry in (*model.graph.node, *model.graph.value_info):
+        del entry.metadata_props[:]
+    onnx.save(model, str(path))
+
+
+def _quantized_ops(settings: ExportParams) -> tuple[str, ...]:
+    # Named, not onnxruntime's default list (which also holds Conv, Attention, LSTM, Transpose,
+    # EmbedLayerNormalization), so what is quantised does not change with its release. Gather reads
+    # the word, position and type embeddings; left in fp32 they stay 4 bytes a value while the
+    # MatMul weights shrink to 1: the demo student's int8 file was then 0.58 of its fp32 one, not
+    # 0.30, and a CamemBERT-base student would keep 98 MB of fp32 word vectors.
+    return ("MatMul", "Gather") if settings.quantize_embeddings else ("MatMul",)
+
+
+def _quantize(fp32_path: Path, int8_path: Path, settings: ExportParams) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     # Shape inference and graph clean-up first, as onnxruntime recommends; per-channel int8 weights
-    # keep more entities identical to PyTorch than per-tensor ones. Activations are quantised on
-    # the fly, so no calibration data is needed. The quantiser logs a line per tensor on the root logger.
-    with _quiet_loggers(""):
-        prepared = fp32_path.with_name("prepared.onnx")
+    # keep more entities identical to PyTorch than per-tensor ones (embedding tables get one scale
+    # each either way). Activations are quantised on the fly, so no calibration data is needed. The
+    # quantiser logs a line per tensor on the root logger.
+    with _quiet_loggers(""), tempfile.TemporaryDirectory(prefix="onnx_prepared_") as work:
+        prepared = Path(work) / "prepared.onnx"
         quant_pre_process(fp32_path, prepared)
-        quantize_dynamic(prepared, int8_path, weight_type=QuantType.QInt8, per_channel=True)
+        quantize_dynamic(prepared, int8_path, weight_type=QuantType.QInt8, per_channel=settings.per_channel,
+                         op_types_to_quantize=list(_quantized_ops(settings)))
 
 
 @contextlib.contextmanager

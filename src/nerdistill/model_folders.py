@@ -50,7 +50,8 @@ def model_kind(path_or_hub_id: str | Path) -> tuple[str, Path]:
 
 def model_roles(models: dict[str, str]) -> tuple[str, str]:
     """(teacher, final student) names: the teacher comes first, the final student is the last
-    student folder (an ONNX export listed after it is only a variant to measure)."""
+    student folder (ONNX exports listed after it are scored and timed like any model, but the
+    final student stays the PyTorch folder they were exported from)."""
     names = list(models)
     students = [name for name in names[1:] if model_kind(models[name])[0] == "student"]
     if not students:

@@ -74,6 +74,7 @@ class StudentParams:
     teacher_layers: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 8, 9, 10, 12)
     dropout: float = 0.1
     max_length: int = 512
+    vocab: Literal["full", "corpus"] = "corpus"
 
     def validate(self, key: str) -> None:
         _check(self.num_layers >= 1, f"{key}.num_layers", self.num_layers, "an integer >= 1")
@@ -84,6 +85,8 @@ class StudentParams:
                f"{key}.teacher_layers", list(self.teacher_layers), "distinct increasing 1-based layer numbers")
         _check(0.0 <= self.dropout < 1.0, f"{key}.dropout", self.dropout, "a probability in [0, 1)")
         _check(self.max_length >= 8, f"{key}.max_length", self.max_length, "an integer >= 8")
+        _check(self.vocab in ("full", "corpus"), f"{key}.vocab", self.vocab,
+               "full (the teacher's vocabulary) or corpus (only the sub-tokens the annotated corpus uses)")
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,15 @@ class FinetuneParams:
 
 
 @dataclass(frozen=True)
+class ExportParams:
+    per_channel: bool = True
+    quantize_embeddings: bool = True
+
+    def validate(self, key: str) -> None:
+        """Two booleans, typed by params_reader: nothing out of range."""
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     gold_path: str = ""
     batch_size: int = 32
@@ -226,6 +238,7 @@ class GateParams:
     nogo_latency_ms: float = 300.0
     max_memory_mb: float = 4096.0
     fail_on_nogo: bool = False
+    variant: str = "onnx_int8"
 
     def validate(self, key: str) -> None:
         _check(self.max_f1_drop >= 0, f"{key}.max_f1_drop", self.max_f1_drop, "points of F1 >= 0")
@@ -235,6 +248,14 @@ class GateParams:
         _check(0 < self.go_latency_ms <= self.nogo_latency_ms, f"{key}.go_latency_ms", self.go_latency_ms,
                f"a latency > 0 and <= gate.nogo_latency_ms ({self.nogo_latency_ms})")
         _check(self.max_memory_mb > 0, f"{key}.max_memory_mb", self.max_memory_mb, "a number of MB > 0")
+        model, sep, variant = self.variant.partition(":")
+        _check(bool(model.strip()) and ":" not in variant and (not sep or bool(variant.strip())), f"{key}.variant",
+               self.variant, "MODEL or MODEL:VARIANT, a --model name of bench (e.g. onnx_int8, final:cpu_int8)")
+
+    def judged(self) -> tuple[str, str | None]:
+        """(model, variant) that `variant` names; the variant is None when left to the model's kind."""
+        model, _, variant = self.variant.partition(":")
+        return model, variant or None
 
 
 @dataclass(frozen=True)
@@ -246,6 +267,7 @@ class Params:
     distill: DistillParams = field(default_factory=DistillParams)
     pruning: PruningParams = field(default_factory=PruningParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
+    export: ExportParams = field(default_factory=ExportParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     bench: BenchParams = field(default_factory=BenchParams)
     gate: GateParams = field(default_factory=GateParams)

@@ -56,7 +56,11 @@ METRIC_COLUMNS = (
     Column("params ratio", BENCH, ratio_path("parameters"), "{:.3f}"),
     Column("bytes ratio", BENCH, ratio_path("disk_bytes"), "{:.3f}"),
     Column("gate", GATE, ("decision",)),
+    Column("gate model", GATE, ("model",)),
     Column("gate variant", GATE, ("variant",)),
+    Column("gate F1", GATE, ("f1",), "{:.4f}"),
+    Column("gate latency / teacher fp32", GATE, ("latency_ratio_vs_teacher_fp32",), "{:.3f}"),
+    Column("gate size / teacher fp32", GATE, ("size_ratio_vs_teacher_fp32",), "{:.3f}"),
 )
 
 
@@ -140,8 +144,8 @@ def cell(row: Row, column: Column) -> str:
 
 
 def _final_name(row: Row) -> str:
-    for source in (EVAL, BENCH, GATE):
-        name = row.files.get(source, {}).get("final") or row.files.get(source, {}).get("model")
+    for source in (EVAL, BENCH):
+        name = row.files.get(source, {}).get("final")
         if isinstance(name, str):
             return name
     return "final"
@@ -203,6 +207,7 @@ def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str) ->
             f"<style>{STYLE}</style></head><body>\n<h1>nerdistill experiments</h1>\n"
             f"<p>Rows from <code>dvc exp show</code>: the workspace, each baseline commit and its experiments. "
             f"Red: differs from the baseline. F1 of the final student; latencies are batch-1 p50 on the bench "
-            f"document; ratios are final student / teacher.</p>\n"
+            f"document; ratios are final student / teacher. The gate columns are those of the model variant "
+            f"the gate judged (gate.variant).</p>\n"
             f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
             f"{gate}<h2>Plots (workspace)</h2>\n{figures}\n</body></html>\n")

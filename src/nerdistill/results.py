@@ -1,12 +1,22 @@
 """The contract of the result files: what evaluate, bench and gate write and what gate and report read.
 
+Models are named as `--model NAME=FOLDER` names them (the teacher is `teacher`): students
+(`distilled`, `pruned`, `final`) and ONNX exports (`onnx_fp32`, `onnx_int8`). Each model has one
+natural variant, the one evaluate scores: `cpu_onnx` for an ONNX export, `cpu_fp32` otherwise.
+
 metrics/eval.json: `teacher`, `final` (model names); per basis (`agreement`, and `gold` when a
-gold set was scored) `{model: {"f1", "precision", "recall", "support", "per_type"}}`;
-`f1_drop_points: {basis: {model: teacher - model, in F1 points}}`.
-metrics/bench.json: `teacher`, `final`; `models: {model: {"parameters", "disk_bytes", "variants":
-{variant: {"doc_p50_ms", "peak_rss_mb", ..., and for int8/ONNX "f1_agreement", "f1_drop_points"}}}}`;
-`ratios: {figure: final / teacher}`.
-metrics/gate.json: `decision`, `basis`, `model`, `variant`, `checks`, `variants`.
+gold set was scored) `{model: {"f1", "precision", "recall", "support", "per_type"}}` for every
+model, ONNX exports included; `f1_drop_points: {basis: {model: teacher - model, in F1 points}}`.
+metrics/bench.json: `teacher`, `final`; `models: {model: {"kind", "parameters", "disk_bytes",
+"variants": {variant: {"doc_p50_ms", "peak_rss_mb", ..., and for int8/ONNX "f1_agreement",
+"f1_drop_points"}}}}`; `ratios`: `{figure: final / teacher}` (cpu_fp32 both, `int8_doc_p50_ms`
+int8 both) and `{vs_teacher_fp32(subject, figure): subject / teacher cpu_fp32}` for `final_int8`
+and for every ONNX export.
+metrics/gate.json: the flat summary `GATE_KEYS` of the one variant judged (`gate.variant`): its
+decision, the F1 basis, the model and variant, its F1 and F1 drop on that basis, its CPU p50
+latency, bytes on disk and peak memory, latency and size over the teacher's fp32 figures (null
+when the teacher's is unknown), and `checks` (name, value, threshold, passed, on_fail, source).
+Sweep and Pareto reports read these keys, nothing deeper.
 
 Key paths are tuples; FINAL in a path stands for the final student's name.
 """
@@ -16,9 +26,22 @@ import math
 from typing import Any
 
 FP32, INT8, CUDA, ONNX = "cpu_fp32", "cpu_int8", "cuda_fp32", "cpu_onnx"
+CPU_VARIANTS = (FP32, INT8, ONNX)
 GO, REVIEW, NOGO = "GO", "REVIEW", "NO-GO"
 AGREEMENT, GOLD = "agreement", "gold"
 FINAL = "{final}"
+GATE_KEYS = ("decision", "basis", "model", "variant", "f1", "f1_drop_points", "doc_p50_ms", "disk_bytes",
+             "peak_rss_mb", "latency_ratio_vs_teacher_fp32", "size_ratio_vs_teacher_fp32", "checks")
+
+
+def natural_variant(kind: str) -> str:
+    """The variant of a model of `kind` ("student", "teacher", "onnx") that evaluate scores."""
+    return ONNX if kind == "onnx" else FP32
+
+
+def vs_teacher_fp32(subject: str, figure: str) -> str:
+    """The bench `ratios` key of `subject`'s figure over the teacher's cpu_fp32 one."""
+    return f"{subject}_vs_teacher_fp32_{figure}"
 
 
 def f1_path(basis: str, model: str = FINAL) -> tuple[str, ...]:
@@ -56,10 +79,18 @@ def number(tree: dict, path: tuple[str, ...], where: str) -> float:
 
 
 def gate_summary(result: dict) -> str:
-    """The decision and each check on one line each, what `nerdistill gate` prints and report shows."""
+    """The decision, each check and the size on one line each, what `nerdistill gate` prints and report shows."""
     lines = [f"{result['decision']}  ({result['model']} {result['variant']}, F1 basis: {result['basis']})"]
     for check in result["checks"]:
         mark = "pass" if check["passed"] else f"FAIL ({check['on_fail']})"
         lines.append(f"  {mark}  {check['name']} = {check['value']:.2f} (threshold {check['threshold']:g}): "
                      f"{check['source']}")
+    size = "unknown" if result["disk_bytes"] is None else f"{result['disk_bytes'] / 1e6:.2f} MB"
+    lines.append(f"  size on disk {size}; over the teacher's fp32: latency "
+                 f"{_ratio(result['latency_ratio_vs_teacher_fp32'])}, "
+                 f"size {_ratio(result['size_ratio_vs_teacher_fp32'])}")
     return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3f}"

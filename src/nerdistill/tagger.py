@@ -150,6 +150,8 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(folder / manifest["model_file"]), options, providers=providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
+        # The exported student's PyTorch count (the graph's initialisers also hold quantisation scales).
+        self.parameters: int | None = manifest.get("parameters")
         crf = read_json(folder / CRF_FILE)
         self.labels = list(crf["labels"])
         self.crf = CrfWeights(*(torch.tensor(crf[key], dtype=torch.float32) for key in ("start", "end", "transitions")))

@@ -1,15 +1,18 @@
-"""Bench stage: latency, throughput, peak memory and size of the teacher and every student.
+"""Bench stage: latency, throughput, peak memory and size of the teacher and every model.
 
 All variants run in one interleaved loop on the same inputs: each round times every variant
 once (its order rotated each round), so drift in the machine's speed hits all of them alike.
 `bench.warmup` rounds are discarded, `bench.repeats` are kept. Variants: `cpu_fp32` for every
 model, `cpu_int8` (dynamic int8 nn.Linear) for the teacher and the final student when
-`bench.int8`, `cuda_fp32` when a GPU is present, `cpu_onnx` for an ONNX export folder. Every
-variant that evaluate does not score (int8, ONNX) gets its F1 against the teacher's test-split
-tags here, so no speed is reported without its quality. See nerdistill.benchmark for what is
-timed and how memory is measured.
+`bench.int8`, `cuda_fp32` when a GPU is present, `cpu_onnx` for an ONNX export folder (the
+pipeline's fp32 and int8 exports, what ships). The int8 and ONNX variants also get their F1
+against the teacher's test-split tags here, so no speed is reported without its quality (evaluate
+scores the ONNX exports too, on gold as well). See nerdistill.benchmark for what is timed and how
+memory is measured.
 
-Headline `ratios`: final student / teacher, fp32 on CPU, and int8 / int8 from the same run.
+Headline `ratios`: final student / teacher, fp32 on CPU, and int8 / int8 from the same run; and
+for each ONNX export (and the final student's int8 variant) its latency, size and memory over the
+teacher's fp32 figures (key names: `results.vs_teacher_fp32`).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from nerdistill.metrics import entity_scores, restrict_types
 from nerdistill.params import BenchParams, Params, TeacherParams
 from nerdistill.model_folders import model_roles
 from nerdistill.plots import plot_latency
-from nerdistill.results import CUDA, FP32, INT8, ONNX
+from nerdistill.results import CUDA, FP32, INT8, ONNX, natural_variant, vs_teacher_fp32
 from nerdistill.tagger import NerTagger, load_tagger
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,9 @@ def _bench(bench: BenchParams, teacher_params: TeacherParams, data_dir: Path, mo
                   "transformers imports lazily while loading, some tens of MB)",
         "quality": "f1_agreement: strict IOB2 F1 against the teacher's test-split tags; "
                    "f1_drop_points = 100 * (1 - f1_agreement)",
+        "size": "parameters: PyTorch parameter count; for an ONNX export, that of the (vocabulary-trimmed) "
+                "student it was exported from, as its nerdistill_onnx.json records it (null where it does "
+                "not); disk_bytes: the weight files (.safetensors, .onnx, ...), tokenizer files excluded",
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "models": results, "ratios": _ratios(results, teacher, final),
     }
@@ -91,7 +97,7 @@ def _bench(bench: BenchParams, teacher_params: TeacherParams, data_dir: Path, mo
 
 def _variants(bench: BenchParams, teacher_params: TeacherParams, models: dict[str, str],
               taggers: dict[str, NerTagger], teacher: str, final: str) -> dict[Key, NerTagger]:
-    variants = {(name, ONNX if tagger.kind == "onnx" else FP32): tagger for name, tagger in taggers.items()}
+    variants = {(name, natural_variant(tagger.kind)): tagger for name, tagger in taggers.items()}
     if bench.int8:
         variants |= {(name, INT8): bm.quantized(taggers[name]) for name in (teacher, final)}
     if torch.cuda.is_available():
@@ -130,13 +136,20 @@ def _quality(tagger: NerTagger, sentences: list[list[str]], reference: list[list
 
 
 def _ratios(results: dict, teacher: str, final: str) -> dict[str, float]:
-    """final / teacher; a figure missing on either side (a hub teacher not cached) is left out."""
+    """Figures over the teacher's; one missing on either side (a hub teacher not cached) is left out."""
     student, base = results[final], results[teacher]
+    base_fp32 = base["variants"][FP32]
     pairs = {key: (student[key], base[key]) for key in ("parameters", "disk_bytes")}
     for key in ("doc_p50_ms", "phrase_p50_ms", "throughput_phrases_s", "peak_rss_mb", "model_rss_mb"):
-        pairs[key] = student["variants"][FP32][key], base["variants"][FP32][key]
+        pairs[key] = student["variants"][FP32][key], base_fp32[key]
     if INT8 in student["variants"]:
         int8_doc = student["variants"][INT8]["doc_p50_ms"]
         pairs["int8_doc_p50_ms"] = int8_doc, base["variants"][INT8]["doc_p50_ms"]
-        pairs["final_int8_vs_teacher_fp32_doc_p50_ms"] = int8_doc, base["variants"][FP32]["doc_p50_ms"]
+        pairs[vs_teacher_fp32("final_int8", "doc_p50_ms")] = int8_doc, base_fp32["doc_p50_ms"]
+    for name, model in results.items():
+        if ONNX in model["variants"]:
+            figures = model["variants"][ONNX]
+            pairs[vs_teacher_fp32(name, "doc_p50_ms")] = figures["doc_p50_ms"], base_fp32["doc_p50_ms"]
+            pairs[vs_teacher_fp32(name, "peak_rss_mb")] = figures["peak_rss_mb"], base_fp32["peak_rss_mb"]
+            pairs[vs_teacher_fp32(name, "disk_bytes")] = model["disk_bytes"], base["disk_bytes"]
     return {key: ours / theirs for key, (ours, theirs) in pairs.items() if ours is not None and theirs}

@@ -1,13 +1,14 @@
-"""Evaluate stage: seqeval strict IOB2 scores of the teacher and every student on the same words.
+"""Evaluate stage: seqeval strict IOB2 scores of the teacher and every model on the same words.
 
 References:
 - "agreement": the teacher's own IOB2 tags in test.jsonl. The teacher scores ~1.0 there by
   construction, so for a student this is its agreement with the teacher, not its quality.
 - "gold" (when evaluate.gold_path is set): a CoNLL file. Gold types outside the student's label
   set (label2id.json, e.g. MISC) are mapped to O, since no model here may predict them.
-F1 drop = teacher - student, in points (F1 x 100), per reference. `models` is ordered: the
-teacher first; the final student, whose confusion matrix and worst sentences are written, is
-the last student folder (`results.model_roles`).
+F1 drop = teacher - model, in points (F1 x 100), per reference. Every model is tagged the same
+way, ONNX exports included (the one that ships is scored like the student it came from). `models`
+is ordered: the teacher first; the final student, whose confusion matrix and worst sentences are
+written, is the last student folder (`model_folders.model_roles`).
 """
 from __future__ import annotations
 

@@ -1,0 +1,53 @@
+"""Export stage: the final student as it ships, ONNX fp32 and ONNX int8, and how faithful each is.
+
+The student's vocabulary is trimmed first when `student.vocab` is `corpus` (to the sub-tokens the
+annotated corpus uses, every split), then `export.export_student` traces it once and writes the
+fp32 and int8 folders (`export.per_channel`, `export.quantize_embeddings`).
+
+Fidelity, in metrics/export.json: per folder, the bytes of `model.onnx`, the largest emission
+difference from the (trimmed) PyTorch student on an example batch, and, on the annotated test
+split with the untrimmed fp32 PyTorch student's tags as the reference, the strict IOB2 entity F1
+of its tags (1.0 when trimming and quantisation changed no entity; 0.0 when the reference has no
+entity at all, see `reference_entities`) and the share of sentences tagged identically. How good
+the shipped model is (against the teacher, against gold) is evaluate's job; this says what
+exporting cost.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from nerdistill.annotated import SPLITS, AnnotatedDir
+from nerdistill.export import export_student, load_student
+from nerdistill.metrics import entity_scores
+from nerdistill.params import Params
+from nerdistill.tagger import NerTagger
+from nerdistill.vocab import trim_student
+
+log = logging.getLogger(__name__)
+
+
+def run(params: Params, model_dir: Path, data_dir: Path, fp32_dir: Path, int8_dir: Path) -> dict:
+    annotated = AnnotatedDir(data_dir)
+    test = [record["tokens"] for record in annotated.split("test")]
+    student, tokenizer = load_student(model_dir)
+    if params.student.vocab == "corpus":
+        sentences = [record["tokens"] for name in SPLITS for record in annotated.split(name)]
+        student, tokenizer, vocab = trim_student(student, tokenizer, sentences)
+    else:
+        vocab = {"size": len(tokenizer)}
+    exports = export_student(student, tokenizer, fp32_dir, int8_dir, params.export, source=str(model_dir))
+    del student  # the reference below is the saved, untrimmed student
+
+    reference = NerTagger.load(model_dir).tag_words(test, progress="export: PyTorch reference")
+    for name, folder in (("fp32", fp32_dir), ("int8", int8_dir)):
+        tags = NerTagger.load(folder).tag_words(test, progress=f"export: ONNX {name}")
+        scores = entity_scores(reference, tags)
+        exports[name]["f1_vs_pytorch"] = scores["f1"]
+        exports[name]["sentences_identical"] = sum(ours == theirs for ours, theirs in zip(tags, reference)) / len(test)
+    exports["int8"]["bytes_vs_fp32"] = exports["int8"]["bytes"] / exports["fp32"]["bytes"]
+    log.info("export: int8 %.2f MB (%.3f of fp32), entity F1 vs the PyTorch student %.4f",
+             exports["int8"]["bytes"] / 1e6, exports["int8"]["bytes_vs_fp32"], exports["int8"]["f1_vs_pytorch"])
+    return {"source": str(model_dir), "vocab": {"mode": params.student.vocab, **vocab},
+            "test_sentences": len(test), "reference_entities": scores["support"],
+            **exports}
