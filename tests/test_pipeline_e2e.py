@@ -113,7 +113,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path) -
     pipe.run("dvc", "repro", label="repro")
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "baseline run")
-    for label, override in (("ratio", "pruning.ratio=0.5"), ("temperature", "distill.temperature=3.0")):
+    for label, override in (("ratio", "pruning.ratio=0.5"), ("temperature", "distill.temperature=3.0"),
+                            ("ffn", "pruning.ffn_ratio=0.25"), ("vocab", "student.vocab=full")):
         pipe.run("dvc", "exp", "run", "-S", override, label=label)
         pipe.exp_names[label] = _exp_name(pipe.outputs[label])
         # Back to the committed baseline, so the next experiment changes one param only.
@@ -154,6 +155,18 @@ def test_pruning_ratio_reruns_prune_onward_only(pipeline: Pipeline) -> None:
     assert _ran(output) == {"prune", "finetune", "export", "evaluate", "bench", "gate"}
 
 
+def test_ffn_ratio_reruns_prune_onward_only(pipeline: Pipeline) -> None:
+    output = pipeline.outputs["ffn"]
+    assert _skipped(output) == {"annotate", "distill"}
+    assert _ran(output) == {"prune", "finetune", "export", "evaluate", "bench", "gate"}
+
+
+def test_vocabulary_reruns_export_onward_only(pipeline: Pipeline) -> None:
+    output = pipeline.outputs["vocab"]
+    assert _skipped(output) == {"annotate", "distill", "prune", "finetune"}
+    assert _ran(output) == {"export", "evaluate", "bench", "gate"}
+
+
 def test_temperature_reruns_distill_onward(pipeline: Pipeline) -> None:
     output = pipeline.outputs["temperature"]
     assert _skipped(output) == {"annotate"}
@@ -184,7 +197,7 @@ def test_mlflow_has_one_parent_per_execution_with_its_gate(pipeline: Pipeline) -
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 3  # dvc repro, then two experiments
+    assert len(parents) == 5  # dvc repro, then four experiments
     assert {p.data.params["pruning.ratio"] for p in parents} == {"0.25", "0.5"}
     assert all(p.data.tags.get("gate") in {"GO", "REVIEW", "NO-GO"} for p in parents)
     assert all(p.info.status == "FINISHED" for p in parents)
@@ -193,8 +206,8 @@ def test_mlflow_has_one_parent_per_execution_with_its_gate(pipeline: Pipeline) -
     assert any(name.startswith("main@") for name in names)  # dvc repro: branch@commit
     parent_ids = {p.info.run_id for p in parents}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == parent_ids
-    # 8 stages, then 6 (prune onward), then 7 (distill onward).
-    assert len(children) == 8 + 6 + 7
+    # 8 stages, then 6 (prune onward), 7 (distill onward), 6 (prune onward), 4 (export onward).
+    assert len(children) == 8 + 6 + 7 + 6 + 4
     ratio_parent = next(p for p in parents if p.data.tags.get("dvc_exp_name") == pipeline.exp_names["ratio"])
     stages = {c.data.tags["stage"] for c in children if c.data.tags["mlflow.parentRunId"] == ratio_parent.info.run_id}
     assert stages == {"prune", "finetune", "export", "evaluate", "bench", "gate"}
