@@ -68,3 +68,23 @@ def test_stage_run_logs_exactly_the_params_dvc_yaml_declares(mlflow_workdir):
     runs = mlflow.search_runs(experiment_names=["nerdistill"], filter_string="tags.stage = 'gate'",
                               output_format="list")
     assert set(runs[0].data.params) == {"gate.max_memory_mb", "base.seed"}
+
+
+def test_gate_puts_the_shipped_figures_on_the_parent_run(mlflow_workdir):
+    import mlflow
+
+    (mlflow_workdir / "params.yaml").write_text("{}")
+    _gate_inputs(mlflow_workdir, 100.0)
+    bench = json.loads((mlflow_workdir / "bench.json").read_text())
+    bench["teacher"] = "teacher"
+    bench["models"]["final"]["disk_bytes"] = 250
+    bench["models"]["teacher"] = {"disk_bytes": 1000, "variants": {"cpu_fp32": {"doc_p50_ms": 400.0}}}
+    (mlflow_workdir / "bench.json").write_text(json.dumps(bench))
+    assert main(["gate", "--eval", "eval.json", "--bench", "bench.json", "--out", "gate.json"]) == 0
+    (parent,) = [run for run in mlflow.search_runs(experiment_names=["nerdistill"], output_format="list")
+                 if "mlflow.parentRunId" not in run.data.tags]
+    shipped = {key: value for key, value in parent.data.metrics.items() if key.startswith("shipped.")}
+    assert shipped == {"shipped.f1": 0.99, "shipped.f1_drop_points": 1.0, "shipped.doc_p50_ms": 100.0,
+                       "shipped.disk_bytes": 250.0, "shipped.peak_rss_mb": 500.0,
+                       "shipped.latency_ratio_vs_teacher_fp32": 0.25, "shipped.size_ratio_vs_teacher_fp32": 0.25}
+    assert parent.data.tags["gate"] == "GO"

@@ -17,7 +17,7 @@ from nerdistill import tracking
 from nerdistill.io import InputError, check_writable, read_json
 from nerdistill.params import Params, ParamsError
 from nerdistill.params_reader import load_params, stage_param_keys
-from nerdistill.results import gate_summary
+from nerdistill.results import gate_summary, summary
 
 log = logging.getLogger("nerdistill")
 
@@ -47,7 +47,10 @@ def _declared_keys(args: argparse.Namespace, stage: str) -> tuple[str, ...] | No
 
 
 def _tracked(args: argparse.Namespace, stage: str, params: Params, metrics_path: Path, call: Callable[[], dict],
-             artifacts: tuple[Path, ...] = (), to_parent: bool = False) -> dict:
+             artifacts: tuple[Path, ...] = (), to_parent: bool = False,
+             shipped: Callable[[dict], dict[str, float]] | None = None) -> dict:
+    """Run `call` in the stage's MLflow run and write its metrics; `shipped` turns them into the
+    judged variant's figures for the parent run."""
     if not tracking.is_main_process():
         return call()  # the main process of a distributed run tracks and writes the metrics
     with tracking.stage_run(stage, params, _declared_keys(args, stage)) as run:
@@ -57,6 +60,8 @@ def _tracked(args: argparse.Namespace, stage: str, params: Params, metrics_path:
             run.log_artifact(artifact)
         if stage == "gate":
             run.set_parent_tag("gate", metrics["decision"])
+        if shipped is not None:
+            run.log_shipped(shipped(metrics))
     return metrics
 
 
@@ -117,9 +122,18 @@ def cmd_gate(args: argparse.Namespace, params: Params) -> int:
     gate = _stage("gate")
     eval_metrics, bench_metrics = read_json(args.eval), read_json(args.bench)
     result = _tracked(args, "gate", params, args.out, lambda: gate.run(params, eval_metrics, bench_metrics),
-                      to_parent=True)
+                      to_parent=True, shipped=lambda decided: _shipped(decided, bench_metrics, eval_metrics))
     print(gate_summary(result))
     return gate.exit_code(result, params)
+
+
+def _shipped(result: dict, bench_metrics: dict, eval_metrics: dict) -> dict[str, float]:
+    """The judged variant's figures for the MLflow parent run; the gate's verdict stands without them."""
+    try:
+        return summary(result, bench_metrics, eval_metrics)
+    except ValueError as err:
+        log.warning("MLflow: no shipped.* figures on the parent run: %s", err)
+        return {}
 
 
 def cmd_predict(args: argparse.Namespace, params: Params | None) -> int:
@@ -159,8 +173,22 @@ def cmd_demo_teacher(args: argparse.Namespace, params: Params | None) -> int:
 def cmd_report(args: argparse.Namespace, params: Params | None) -> int:
     from nerdistill.report import write_report
 
-    write_report(Path.cwd(), args.out, experiments=args.exp or None)
+    write_report(Path.cwd(), args.out, experiments=args.exp or None, sweeps=tuple(args.sweep))
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace, params: Params) -> int:
+    from nerdistill.dvc_queue import run_sweep
+    from nerdistill.report import write_report
+    from nerdistill.sweep import RESULTS_DIR, SUCCESS
+
+    results_path = args.results or RESULTS_DIR / f"{args.grid.stem}.json"
+    results = run_sweep(args.grid, params, args.set_param, Path.cwd(), args.jobs, results_path, args.dry_run)
+    if args.dry_run:
+        return 0
+    report = args.report or Path("reports") / f"sweep-{args.grid.stem}.html"
+    write_report(Path.cwd(), report, sweeps=(results_path,))
+    return 0 if all(point["status"] == SUCCESS for point in results["points"]) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,10 +284,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("report", cmd_report, "HTML page comparing the workspace and the DVC experiments", needs_params=False)
+    p = add("report", cmd_report, "HTML page comparing the workspace and the DVC experiments, with their "
+            "F1 / latency / size Pareto front", needs_params=False)
     p.add_argument("--out", type=Path, default=Path("reports/report.html"))
     p.add_argument("--exp", action="append", default=[], metavar="NAME",
                    help="keep only these rows (experiment, baseline branch or workspace; repeatable)")
+    p.add_argument("--sweep", action="append", default=[], type=Path, metavar="RESULTS_JSON",
+                   help="keep a sweep's points and list those that failed (sweeps/results/<grid>.json; repeatable)")
+
+    p = add("sweep", cmd_sweep, "run every point of a grid file as a queued DVC experiment, then report "
+            "the Pareto front",
+            epilog="Prints each `dvc exp run --queue` line, runs them in waves so that annotate runs once and "
+                   "distill once per depth (the others come from DVC's run-cache), and goes on past a failed "
+                   "point. Results: sweeps/results/<grid>.json; page: reports/sweep-<grid>.html. Exit status 1 "
+                   "when a point failed or was invalid. See README, Sweep.")
+    p.add_argument("--grid", type=Path, required=True, help="grid file, e.g. sweeps/demo.yaml")
+    p.add_argument("--jobs", "-j", type=int, help="experiments at a time (default: the grid's jobs, else the CPU "
+                   "count)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and the waves, queue nothing")
+    p.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every point, after the grid's base (repeatable)")
+    p.add_argument("--results", type=Path, help="results file (default: sweeps/results/<grid>.json)")
+    p.add_argument("--report", type=Path, help="report page (default: reports/sweep-<grid>.html)")
     return parser
 
 
