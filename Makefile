@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo real ui clean-demo
+.PHONY: install test test-fast demo sweep real ui clean-demo
 
 $(BIN)/nerdistill: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,14 @@ demo: install $(DEMO_TEACHER)
 	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) \
 		$(BIN)/dvc exp run --temp $(DEMO_OVERRIDES)
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep $(DEMO_COLUMNS)
+
+# A grid of DVC experiments and their Pareto front (README: Sweep). The demo grid names the demo
+# teacher's folder, so it is built first for that grid; SWEEP_ARGS passes more options (--jobs 1).
+SWEEP ?= sweeps/demo.yaml
+SWEEP_ARGS ?=
+
+sweep: install $(if $(filter sweeps/demo.yaml,$(SWEEP)),$(DEMO_TEACHER))
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/nerdistill sweep --grid $(SWEEP) $(SWEEP_ARGS)
 
 # Real French data with the real pretrained stand-in teacher (docs/results.md): neither is
 # shipped, so this target checks for both and runs in a scratch clone, leaving the sample corpus alone.

@@ -3,7 +3,9 @@ eval/bench/gate metrics shaped like the pipeline's, one experiment, and a tiny P
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -23,15 +25,18 @@ import json, pathlib, yaml
 ratio = yaml.safe_load(open("params.yaml"))["pruning"]["ratio"]
 out = pathlib.Path("metrics"); out.mkdir(exist_ok=True)
 variants = {"cpu_fp32": {"doc_p50_ms": 100 * ratio}, "cpu_int8": {"doc_p50_ms": 50 * ratio}}
-json.dump({"final": "final", "agreement": {"teacher": {"f1": 1.0}, "final": {"f1": 1 - ratio / 10}},
+teacher = {"disk_bytes": 4e6, "variants": {"cpu_fp32": {"doc_p50_ms": 100.0}, "cpu_int8": {"doc_p50_ms": 60.0}}}
+json.dump({"teacher": "teacher", "final": "final",
+           "agreement": {"teacher": {"f1": 1.0}, "final": {"f1": 1 - ratio / 10}},
            "f1_drop_points": {"agreement": {"final": 10 * ratio}}}, open(out / "eval.json", "w"))
-json.dump({"final": "final", "models": {"final": {"variants": variants}},
+json.dump({"teacher": "teacher", "final": "final", "models": {"final": {"variants": variants}, "teacher": teacher},
            "ratios": {"doc_p50_ms": ratio, "parameters": 0.5, "disk_bytes": 0.5}}, open(out / "bench.json", "w"))
 json.dump({"decision": "GO" if ratio < 0.4 else "NO-GO", "basis": "agreement", "model": "onnx_int8",
-           "variant": "cpu_onnx", "f1": 1 - ratio / 10, "f1_drop_points": 10 * ratio, "doc_p50_ms": 40 * ratio,
-           "disk_bytes": 2e7, "peak_rss_mb": 300.0, "latency_ratio_vs_teacher_fp32": ratio / 2,
-           "size_ratio_vs_teacher_fp32": 0.2, "checks": [{"name": "cpu_latency_p50_ms", "value": 40 * ratio,
-           "threshold": 200, "passed": True, "on_fail": "REVIEW", "source": "toy"}]}, open(out / "gate.json", "w"))
+           "variant": "cpu_onnx", "checks": [{"name": "cpu_latency_p50_ms", "value": 100 * ratio,
+           "threshold": 200, "passed": True, "on_fail": "REVIEW", "source": "toy"}],
+           "f1": 1 - ratio / 10, "f1_drop_points": 10 * ratio, "doc_p50_ms": 100 * ratio, "disk_bytes": 2e6 * ratio,
+           "peak_rss_mb": 100.0, "latency_ratio_vs_teacher_fp32": ratio / 2, "size_ratio_vs_teacher_fp32": 0.2},
+          open(out / "gate.json", "w"))
 '''
 DVC_YAML = """stages:
   toy:
@@ -68,8 +73,8 @@ def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root.mkdir()
     (root / "toy.py").write_text(TOY_STAGE, encoding="utf-8")
     (root / "dvc.yaml").write_text(DVC_YAML, encoding="utf-8")
-    (root / "params.yaml").write_text("pruning: {ratio: 0.25, scope: per_layer}\ndistill: {temperature: 2.5}\n",
-                                      encoding="utf-8")
+    (root / "params.yaml").write_text("pruning: {ratio: 0.25, scope: per_layer}\ndistill: {temperature: 2.5}\n"
+                                      "student: {num_layers: 3}\n", encoding="utf-8")
     _run(root, "git", "init", "-q", "-b", "main")
     _run(root, "git", "config", "user.email", "report@example.invalid")
     _run(root, "git", "config", "user.name", "report")
@@ -86,7 +91,8 @@ def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 class _Page(HTMLParser):
-    """Table rows as {header: (text, css classes)}, image sources, and every URL-bearing attribute."""
+    """The first table's rows as {header: (text, css classes)}, image sources, and every URL-bearing
+    attribute."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,6 +102,7 @@ class _Page(HTMLParser):
         self.links: list[str] = []
         self._cell: tuple[str, str] | None = None
         self._cells: list[tuple[str, str]] = []
+        self._tables_done = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
@@ -112,6 +119,10 @@ class _Page(HTMLParser):
             self._cell = (self._cell[0] + data, self._cell[1])
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == "table":
+            self._tables_done += 1
+        if self._tables_done:
+            return
         if tag in ("td", "th") and self._cell is not None:
             self._cells.append(self._cell)
             self._cell = None
@@ -150,8 +161,10 @@ def test_report_compares_workspace_baseline_and_experiment(toy_repo: tuple[Path,
     assert experiment["gate size / teacher fp32"] == ("0.200", "")
     assert experiment["gold F1"][0] == ""  # no gold set scored: an empty cell, not an error
 
-    # Self-contained: the only source is the inlined workspace PNG, byte for byte.
-    assert page.images == [f"data:image/png;base64,{base64.b64encode(_png()).decode()}"]
+    # Self-contained: the sources are the inlined front and workspace PNGs, byte for byte.
+    front_png = base64.b64encode((tmp_path / "reports" / "report_front.png").read_bytes()).decode()
+    assert page.images == [f"data:image/png;base64,{front_png}",
+                           f"data:image/png;base64,{base64.b64encode(_png()).decode()}"]
     assert all(link.startswith("data:") for link in page.links)
     assert "PASS" in out.read_text(encoding="utf-8").upper()  # the workspace gate summary
 
@@ -185,3 +198,44 @@ def test_cells_follow_the_final_students_name_and_skip_missing_values() -> None:
     by_header = {column.header: cell(row, column) for column in METRIC_COLUMNS}
     assert by_header["p50 fp32 (ms)"] == "12.3"
     assert by_header["p50 int8 (ms)"] == "" and by_header["agreement F1"] == "" and by_header["gate"] == ""
+
+
+def _front_names(page: str, cost: str) -> list[str]:
+    table = page.split(f"<h3>Front on {cost}")[1].split("</table>")[0]
+    return re.findall(r'<td class="name">([^<]+)</td>', table)
+
+
+def test_report_draws_the_pareto_front(toy_repo: tuple[Path, str], tmp_path: Path) -> None:
+    root, exp_name = toy_repo
+    out = write_report(root, tmp_path / "report.html")
+    page = out.read_text(encoding="utf-8")
+    png = tmp_path / "report_front.png"
+    assert f'<img alt="report_front.png" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}"' \
+        in page
+    # The baseline (ratio 0.25) has the higher F1 at the lower latency and size: the experiment is
+    # dominated, and the workspace, identical to the baseline, is not a point of its own.
+    assert _front_names(page, "CPU p50") == ["main"] and _front_names(page, "size") == ["main"]
+    latency = page.split("<h3>Front on CPU p50")[1].split("</table>")[0]
+    assert "<td>L3-h25</td><td>0.9750</td><td>25 ms</td>" in latency
+    assert "F1 (agreement)" in page
+
+
+def test_report_of_a_sweep_keeps_its_points_and_lists_its_failures(toy_repo: tuple[Path, str], tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    root, exp_name = toy_repo
+    results = tmp_path / "toy.json"
+    points = [{"name": exp_name, "values": {"pruning.ratio": 0.5}, "status": "success", "reason": ""},
+              {"name": "L9-h99", "values": {"student.num_layers": 9}, "status": "failed",
+               "reason": "prune: <no head left>"},
+              {"name": "gone-exp", "values": {}, "status": "success", "reason": ""}]
+    results.write_text(json.dumps({"grid": "sweeps/toy.yaml", "points": points}), encoding="utf-8")
+    out = write_report(root, tmp_path / "sweep.html", sweeps=(results,))
+    page = _parse(out)
+    assert [row["experiment"][0] for row in page.rows[:1]] == [exp_name]
+    text = out.read_text(encoding="utf-8")
+    failed = text.split("Sweep points that failed")[1]
+    assert "L9-h99" in failed and "prune: &lt;no head left&gt;" in failed and exp_name not in failed
+    assert "gone-exp" in caplog.text
+    results.write_text("{}", encoding="utf-8")
+    with pytest.raises(InputError, match="not a sweep results file"):
+        write_report(root, tmp_path / "bad.html", sweeps=(results,))

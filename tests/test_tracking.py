@@ -141,3 +141,23 @@ def test_parallel_stages_of_one_execution_share_one_parent(mlflow_workdir, monke
         parents = _parents()
         assert len(parents) == 1 and parents[0].data.tags["gate"] == "GO"
         assert sum(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in _runs()) == 4
+
+
+def test_a_sweeps_runs_carry_its_tag_and_the_gate_figures(mlflow_workdir, monkeypatch, tmp_path):
+    monkeypatch.setenv("DVC_EXP_NAME", "L3-h25")
+    monkeypatch.setenv(tracking.SWEEP_ENV, "demo")
+    with tracking.stage_run("gate", params_from_dict({}), ()) as run:
+        run.write_metrics(tmp_path / "gate.json", {"f1": 0.9, "doc_p50_ms": 12.5, "disk_bytes": 1e6}, to_parent=True)
+    (parent,) = _parents()
+    assert parent.data.tags["sweep"] == "demo" and parent.data.tags["dvc_exp_name"] == "L3-h25"
+    assert parent.data.metrics == {"gate.f1": 0.9, "gate.doc_p50_ms": 12.5, "gate.disk_bytes": 1e6}
+    assert parent.data.params["student.num_layers"] == "10"  # the swept params, for parallel coordinates
+
+
+def test_absolute_uri_points_scratch_copies_at_this_checkouts_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.absolute_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/m.db")
+    assert tracking.absolute_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'stores' / 'm.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.absolute_uri(tmp_path) == "http://127.0.0.1:5000"

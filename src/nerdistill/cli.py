@@ -48,6 +48,8 @@ def _declared_keys(args: argparse.Namespace, stage: str) -> tuple[str, ...] | No
 
 def _tracked(args: argparse.Namespace, stage: str, params: Params, metrics_path: Path, call: Callable[[], dict],
              artifacts: tuple[Path, ...] = (), to_parent: bool = False) -> dict:
+    """Run `call` in the stage's MLflow run and write its metrics (also on the parent run when `to_parent`:
+    gate's flat figures of the judged variant become the parent's `gate.f1`, `gate.doc_p50_ms`, ...)."""
     if not tracking.is_main_process():
         return call()  # the main process of a distributed run tracks and writes the metrics
     with tracking.stage_run(stage, params, _declared_keys(args, stage)) as run:
@@ -129,6 +131,7 @@ def cmd_gate(args: argparse.Namespace, params: Params) -> int:
     return gate.exit_code(result, params)
 
 
+
 def cmd_predict(args: argparse.Namespace, params: Params | None) -> int:
     from nerdistill.streaming import predict_stream
     from nerdistill.tagger import NerTagger
@@ -158,8 +161,22 @@ def cmd_demo_teacher(args: argparse.Namespace, params: Params | None) -> int:
 def cmd_report(args: argparse.Namespace, params: Params | None) -> int:
     from nerdistill.report import write_report
 
-    write_report(Path.cwd(), args.out, experiments=args.exp or None)
+    write_report(Path.cwd(), args.out, experiments=args.exp or None, sweeps=tuple(args.sweep))
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace, params: Params) -> int:
+    from nerdistill.dvc_queue import run_sweep
+    from nerdistill.report import write_report
+    from nerdistill.sweep import RESULTS_DIR, SUCCESS
+
+    results_path = args.results or RESULTS_DIR / f"{args.grid.stem}.json"
+    results = run_sweep(args.grid, params, args.set_param, Path.cwd(), args.jobs, results_path, args.dry_run)
+    if args.dry_run:
+        return 0
+    report = args.report or Path("reports") / f"sweep-{args.grid.stem}.html"
+    write_report(Path.cwd(), report, sweeps=(results_path,))
+    return 0 if all(point["status"] == SUCCESS for point in results["points"]) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -260,10 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("report", cmd_report, "HTML page comparing the workspace and the DVC experiments", needs_params=False)
+    p = add("report", cmd_report, "HTML page comparing the workspace and the DVC experiments, with their "
+            "F1 / latency / size Pareto front", needs_params=False)
     p.add_argument("--out", type=Path, default=Path("reports/report.html"))
     p.add_argument("--exp", action="append", default=[], metavar="NAME",
                    help="keep only these rows (experiment, baseline branch or workspace; repeatable)")
+    p.add_argument("--sweep", action="append", default=[], type=Path, metavar="RESULTS_JSON",
+                   help="keep a sweep's points and list those that failed (sweeps/results/<grid>.json; repeatable)")
+
+    p = add("sweep", cmd_sweep, "run every point of a grid file as a queued DVC experiment, then report "
+            "the Pareto front",
+            epilog="Prints each `dvc exp run --queue` line, runs them in waves so that annotate runs once and "
+                   "distill once per depth (the others come from DVC's run-cache), and goes on past a failed "
+                   "point. Results: sweeps/results/<grid>.json; page: reports/sweep-<grid>.html. Exit status 1 "
+                   "when a point failed or was invalid. See README, Sweep.")
+    p.add_argument("--grid", type=Path, required=True, help="grid file, e.g. sweeps/demo.yaml")
+    p.add_argument("--jobs", "-j", type=int, help="experiments at a time (default: the grid's jobs, else the CPU "
+                   "count)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and the waves, queue nothing")
+    p.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every point, after the grid's base (repeatable)")
+    p.add_argument("--results", type=Path, help="results file (default: sweeps/results/<grid>.json)")
+    p.add_argument("--report", type=Path, help="report page (default: reports/sweep-<grid>.html)")
     return parser
 
 

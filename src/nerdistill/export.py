@@ -158,13 +158,16 @@ def _quantize(fp32_path: Path, int8_path: Path, settings: ExportParams) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    # Shape inference and graph clean-up first, as onnxruntime recommends; per-channel int8 weights
+    # ONNX shape inference and graph clean-up first, as onnxruntime recommends. Its symbolic shape
+    # inference is skipped: it gives up on BERT graphs ("Incomplete symbolic shape inference" on the
+    # position ids' Min(max_positions, tokens)), and dynamic quantisation of weights needs no symbolic
+    # activation shapes. Per-channel int8 weights
     # keep more entities identical to PyTorch than per-tensor ones (embedding tables get one scale
     # each either way). Activations are quantised on the fly, so no calibration data is needed. The
     # quantiser logs a line per tensor on the root logger.
     with _quiet_loggers(""), tempfile.TemporaryDirectory(prefix="onnx_prepared_") as work:
         prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(fp32_path, prepared)
+        quant_pre_process(fp32_path, prepared, skip_symbolic_shape=True)
         quantize_dynamic(prepared, int8_path, weight_type=QuantType.QInt8, per_channel=settings.per_channel,
                          op_types_to_quantize=list(_quantized_ops(settings)))
 

@@ -72,6 +72,17 @@ def stage_param_keys(dvc_yaml: str | Path, stage: str) -> tuple[str, ...]:
     return tuple(keys)
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` as `dvc exp run -S` takes it: the value read as YAML (0.5, [1,2,4], true, a path)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError(f"-S {text!r}: expected KEY=VALUE, e.g. -S distill.epochs=2")
+    try:
+        return key.strip(), yaml.load(value, Loader=_Loader)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"-S {text!r}: the value is not valid YAML ({err})") from None
+
+
 def params_from_dict(raw: dict[str, Any]) -> Params:
     """Same validation as load_params, for params held in memory (tests, saved provenance)."""
     params = _build(Params, raw, "")

@@ -1,11 +1,12 @@
 """Every PNG the stages write (training curves, head importance, confusion, latency): DVC declares
-them as image plots, since vega HTML needs a CDN that offline boxes lack."""
+them as image plots, since vega HTML needs a CDN that offline boxes lack. Also the report's
+Pareto front."""
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
 import matplotlib
 
@@ -96,4 +97,38 @@ def plot_latency(results: dict, path: Path, metrics: dict) -> None:
                yticks=range(len(rows)), yticklabels=[label for label, _ in rows])
     axes[0].invert_yaxis()  # models top to bottom in the order given, the teacher first
     fig.suptitle(f"{metrics['threads']} CPU threads; {metrics['repeats']} interleaved rounds")
+    save_figure(fig, path)
+
+
+class FrontPoint(Protocol):
+    """A point of the Pareto front (front.Point), as this module draws it."""
+    name: str
+    label: str
+    f1: float
+    costs: Mapping[str, float]
+
+
+def plot_front(points: Sequence[FrontPoint], fronts: Mapping[str, Sequence[FrontPoint]],
+               teacher: Sequence[FrontPoint], basis: str, axes_titles: Mapping[str, tuple[str, str]],
+               path: str | Path) -> None:
+    """F1 against each cost (key -> (title, unit)), a panel per cost: the front's points in colour,
+    labelled with their params and joined, the dominated ones grey, the teacher's variants in red."""
+    from matplotlib.ticker import EngFormatter
+
+    fig, axes = plt.subplots(1, len(axes_titles), figsize=(7 * len(axes_titles), 5), squeeze=False)
+    for ax, (key, (title, unit)) in zip(axes[0], axes_titles.items()):
+        best = fronts[key]
+        dominated = [p for p in points if p not in best]
+        ax.scatter([p.costs[key] for p in dominated], [p.f1 for p in dominated], c="#bbbbbb", s=30,
+                   label="dominated")
+        ax.plot([p.costs[key] for p in best], [p.f1 for p in best], "o-", c="tab:blue", ms=7, label="front")
+        for p in best:
+            ax.annotate(p.label or p.name, (p.costs[key], p.f1), textcoords="offset points", xytext=(5, 5),
+                        fontsize=8)
+        for p, (marker, size) in zip(teacher, (("*", 220), ("D", 60))):
+            ax.scatter([p.costs[key]], [p.f1], marker=marker, s=size, c="tab:red", alpha=0.7, label=p.name)
+        ax.xaxis.set_major_formatter(EngFormatter(unit=unit) if unit == "B" else f"{{x:g}} {unit}")
+        ax.set(xlabel=title, ylabel=f"F1 ({basis})", title=f"F1 against {title}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
     save_figure(fig, path)

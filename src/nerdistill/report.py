@@ -2,7 +2,9 @@
 
 The rows come from `dvc exp show --json` (the nested params and metrics of each revision, which
 `dvc.api.exp_show` flattens into ambiguous column names); the workspace's PNG plots are inlined
-as base64 images, so the page opens offline and can be mailed as one file.
+as base64 images, so the page opens offline and can be mailed as one file. The rows' F1 / latency /
+size Pareto front (`front`) is drawn to a PNG beside the page and inlined too; a sweep's results
+file adds its points that failed, with why.
 """
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nerdistill import front as pareto
 from nerdistill.io import InputError, write_text
+from nerdistill.plots import plot_front
 from nerdistill.results import AGREEMENT, FINAL, FP32, GOLD, INT8, drop_path, f1_path, gate_summary, ratio_path, \
     variant_path
+from nerdistill.sweep import SUCCESS, read_results
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +79,44 @@ class Row:
     files: dict[str, Any]    # params/metrics file -> its parsed content
 
 
-def write_report(repo_dir: str | Path, out_path: str | Path, experiments: list[str] | None = None) -> Path:
+def write_report(repo_dir: str | Path, out_path: str | Path, experiments: list[str] | None = None,
+                 sweeps: tuple[Path, ...] = ()) -> Path:
     """Write the comparison page for `repo_dir` to `out_path` and return the path.
 
     `experiments`: row names to keep (experiment names, "workspace", a baseline's branch name);
-    None keeps every row `dvc exp show` lists."""
+    `sweeps`: sweep results files, whose succeeded points are kept too and whose failed points
+    are listed; neither keeps every row `dvc exp show` lists. The front's PNG goes beside the page."""
     repo_dir, out_path = Path(repo_dir), Path(out_path)
-    rows = _select(collect_rows(repo_dir), experiments)
-    write_text(out_path, render(rows, _workspace_images(repo_dir), _workspace_gate(repo_dir)))
+    results = [read_results(path) for path in sweeps]
+    rows = collect_rows(repo_dir)
+    rows = _select(rows, _names(rows, experiments, results))
+    front = pareto.build([(row.name, row.files) for row in _distinct(rows)])
+    front_png = out_path.with_name(f"{out_path.stem}_front.png")
+    if front is not None:
+        plot_front(front.points, front.fronts, front.teacher, front.basis, pareto.COSTS, front_png)
+    page = render(rows, _workspace_images(repo_dir), _workspace_gate(repo_dir),
+                  front_section(front, front_png if front is not None else None, results))
+    write_text(out_path, page)
     log.info("report: %d rows, written to %s", len(rows), out_path)
     return out_path
+
+
+def _names(rows: list[Row], experiments: list[str] | None, results: list[dict]) -> list[str] | None:
+    """The rows to keep: those named, and each sweep's points that succeeded and are still listed."""
+    if experiments is None and not results:
+        return None
+    listed = {row.name for row in rows}
+    swept = [p["name"] for result in results for p in result["points"] if p["status"] == SUCCESS]
+    gone = [name for name in swept if name not in listed]
+    if gone:
+        log.warning("sweep points %s are not in `dvc exp show` (removed, or another commit's)", gone)
+    return list(experiments or []) + [name for name in swept if name in listed]
+
+
+def _distinct(rows: list[Row]) -> list[Row]:
+    """The rows as front points: the workspace only when it differs from every other row."""
+    return [row for row in rows if row.kind != "workspace" or all(other.files != row.files
+                                                                   for other in rows if other is not row)]
 
 
 def collect_rows(repo_dir: Path) -> list[Row]:
@@ -172,6 +205,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
 th { background: #f2f2f2; } td.name { text-align: left; font-weight: bold; }
+td.reason { text-align: left; white-space: normal; max-width: 60em; }
 tr.workspace td { background: #fffbe6; } tr.baseline td { background: #eef5ff; }
 td.changed { color: #b00; font-weight: bold; }
 td.GO { background: #d9f2d9 !important; } td.REVIEW { background: #fff2cc !important; }
@@ -181,7 +215,47 @@ pre { background: #f6f6f6; padding: 1em; }
 """
 
 
-def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str) -> str:
+def front_section(front: pareto.Front | None, png: Path | None, sweeps: list[dict]) -> str:
+    """The front's figure and tables, and the sweep points that failed; "" when there is neither."""
+    parts = []
+    if front is not None and png is not None:
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        parts.append(f"<h2>Pareto front: F1 ({front.basis}) against latency and size</h2>\n"
+                     f"<p>One point per experiment: the F1, CPU batch-1 p50 per document and bytes on disk of the "
+                     f"variant the gate judged. Blue: no other experiment has a higher F1 at a lower cost (the "
+                     f"front); grey: dominated; red: the teacher in fp32 and int8 (median over the experiments' "
+                     f"benches, at the teacher's F1). The last column is the extra cost of each further "
+                     f"{pareto.STEP_POINTS:g} F1 point from the previous front point.</p>\n"
+                     f'<figure><img alt="{html.escape(png.name)}" src="data:image/png;base64,{data}"></figure>')
+        for key, (title, unit) in pareto.COSTS.items():
+            parts.append(_front_table(front, key, title, unit))
+        if front.left_out:
+            items = "".join(f"<li>{html.escape(reason)}</li>" for reason in front.left_out)
+            parts.append(f"<p>Not on the front:</p><ul>{items}</ul>")
+    failed = [(result["grid"], point) for result in sweeps for point in result["points"]
+              if point["status"] != SUCCESS]
+    if failed:
+        body = "".join(f"<tr><td>{html.escape(grid)}</td><td class=\"name\">{html.escape(point['name'])}</td>"
+                       f"<td>{html.escape(json.dumps(point['values']))}</td><td>{html.escape(point['status'])}</td>"
+                       f"<td class=\"reason\">{html.escape(point['reason'])}</td></tr>" for grid, point in failed)
+        parts.append("<h2>Sweep points that failed</h2>\n<table><thead><tr><th>grid</th><th>experiment</th>"
+                     f"<th>values</th><th>status</th><th>reason</th></tr></thead><tbody>{body}</tbody></table>")
+    return "\n".join(parts)
+
+
+def _front_table(front: pareto.Front, key: str, title: str, unit: str) -> str:
+    line = front.fronts[key]
+    steps = pareto.step_costs(line, lambda p: p.f1, lambda p: p.costs[key])
+    body = "".join(f"<tr><td class=\"name\">{html.escape(p.name)}</td><td>{html.escape(p.label)}</td>"
+                   f"<td>{p.f1:.4f}</td><td>{pareto.quantity(p.costs[key], unit)}</td>"
+                   f"<td>{'' if step is None else '+' + pareto.quantity(step, unit)}</td></tr>"
+                   for p, step in zip(line, steps))
+    return (f"<h3>Front on {html.escape(title)}</h3>\n<table><thead><tr><th>experiment</th><th>params</th>"
+            f"<th>F1</th><th>{html.escape(title)}</th><th>per further {pareto.STEP_POINTS:g} F1 point</th></tr>"
+            f"</thead><tbody>{body}</tbody></table>")
+
+
+def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str, front: str = "") -> str:
     """The whole page; values an experiment changed from its baseline are shown in red."""
     baselines = {row.name: row for row in rows if row.kind != "experiment"}
     columns = PARAM_COLUMNS + METRIC_COLUMNS
@@ -210,4 +284,4 @@ def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str) ->
             f"document; ratios are final student / teacher. The gate columns are those of the model variant "
             f"the gate judged (gate.variant).</p>\n"
             f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
-            f"{gate}<h2>Plots (workspace)</h2>\n{figures}\n</body></html>\n")
+            f"{front}\n{gate}<h2>Plots (workspace)</h2>\n{figures}\n</body></html>\n")

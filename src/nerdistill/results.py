@@ -30,8 +30,13 @@ CPU_VARIANTS = (FP32, INT8, ONNX)
 GO, REVIEW, NOGO = "GO", "REVIEW", "NO-GO"
 AGREEMENT, GOLD = "agreement", "gold"
 FINAL = "{final}"
-GATE_KEYS = ("decision", "basis", "model", "variant", "f1", "f1_drop_points", "doc_p50_ms", "disk_bytes",
-             "peak_rss_mb", "latency_ratio_vs_teacher_fp32", "size_ratio_vs_teacher_fp32", "checks")
+# gate.json's flat figures of the judged (shipped) variant; ratios are to the teacher's cpu_fp32.
+SUMMARY_F1, SUMMARY_DROP, SUMMARY_P50, SUMMARY_BYTES = "f1", "f1_drop_points", "doc_p50_ms", "disk_bytes"
+SUMMARY_RSS = "peak_rss_mb"
+SUMMARY_LATENCY_RATIO, SUMMARY_SIZE_RATIO = "latency_ratio_vs_teacher_fp32", "size_ratio_vs_teacher_fp32"
+SUMMARY_KEYS = (SUMMARY_F1, SUMMARY_DROP, SUMMARY_P50, SUMMARY_BYTES, SUMMARY_RSS, SUMMARY_LATENCY_RATIO,
+                SUMMARY_SIZE_RATIO)
+GATE_KEYS = ("decision", "basis", "model", "variant", *SUMMARY_KEYS, "checks")
 
 
 def natural_variant(kind: str) -> str:
@@ -94,3 +99,24 @@ def gate_summary(result: dict) -> str:
 
 def _ratio(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.3f}"
+
+
+def summary(gate: dict, bench: dict, eval_metrics: dict) -> dict[str, float]:
+    """The judged variant's figures: gate.json's flat summary, or, for a gate.json written before it
+    had one (older experiments), the same figures read from bench and eval for its model and variant."""
+    if all(key in gate for key in SUMMARY_KEYS):
+        return {key: number(gate, (key,), "gate") for key in SUMMARY_KEYS}
+    model, variant, basis = (lookup(gate, (key,), "gate") for key in ("model", "variant", "basis"))
+    teacher = lookup(bench, ("teacher",), "bench")
+    if variant == FP32:  # evaluate scores the fp32 students; bench scores the other variants on agreement
+        f1 = number(eval_metrics, f1_path(basis, model), "eval")
+        drop = number(eval_metrics, drop_path(basis, model), "eval")
+    else:
+        f1 = number(bench, variant_path(variant, "f1_agreement", model), "bench")
+        drop = number(bench, variant_path(variant, "f1_drop_points", model), "bench")
+    p50 = number(bench, variant_path(variant, "doc_p50_ms", model), "bench")
+    size = number(bench, ("models", model, "disk_bytes"), "bench")
+    return {SUMMARY_F1: f1, SUMMARY_DROP: drop, SUMMARY_P50: p50, SUMMARY_BYTES: size,
+            SUMMARY_RSS: number(bench, variant_path(variant, "peak_rss_mb", model), "bench"),
+            SUMMARY_LATENCY_RATIO: p50 / number(bench, variant_path(FP32, "doc_p50_ms", teacher), "bench"),
+            SUMMARY_SIZE_RATIO: size / number(bench, ("models", teacher, "disk_bytes"), "bench")}

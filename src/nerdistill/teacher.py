@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel
-from transformers import PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from nerdistill.modeling import gather_words
 from nerdistill.params import Params, ParamsError
@@ -19,18 +19,22 @@ def check_against_teacher(params: Params) -> None:
     """Check every params value that depends on the teacher against its config alone (no weights:
     seconds, not the minutes of a big teacher), before a stage writes or deletes anything."""
     name = params.teacher.model_name
-    try:
-        config = AutoConfig.from_pretrained(name)
-    except (OSError, ValueError) as err:
-        raise OSError(f"teacher.model_name = {name!r}: no usable config.json ({_first_line(err)}); point it at a "
-                      "model folder, or at a hub id with the hub reachable") from err
-    depth = config.num_hidden_layers
+    depth = teacher_config(name).num_hidden_layers
     for key, layers in (("student.teacher_layers", params.student.teacher_layers),
                         ("distill.layer_map.teacher", params.distill.layer_map.teacher)):
         bad = [layer for layer in layers if not 1 <= layer <= depth]
         if bad:
             raise ParamsError(f"{key} = {list(layers)}: the teacher {name} has {depth} layers, so layers {bad} do "
                               f"not exist; use 1-based numbers in 1..{depth}")
+
+
+def teacher_config(name: str) -> PretrainedConfig:
+    """The teacher's config.json (a folder or a hub id), without its weights."""
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as err:
+        raise OSError(f"teacher.model_name = {name!r}: no usable config.json ({_first_line(err)}); point it at a "
+                      "model folder, or at a hub id with the hub reachable") from err
 
 
 def _first_line(err: BaseException) -> str:

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "nerdistill"
 DEFAULT_URI = "sqlite:///mlflow.db"
 KEY_TAG = "nerdistill.pipeline_key"
+# Set by `nerdistill sweep` for the experiments it queues: the parent run's `sweep` tag.
+SWEEP_ENV = "NERDISTILL_SWEEP"
 # MLflow 3 opens an experiment on its GenAI overview unless it is tagged as model training.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MAX_NAMED_CHANGES = 4  # params that differ from the shipped ones, spelled out in a run name
@@ -54,6 +56,15 @@ def is_main_process() -> bool:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def absolute_uri(root: Path) -> str:
+    """The store for runs that execute in a scratch copy of `root` (queued DVC experiments): the
+    tracking URI with a relative SQLite path made absolute against `root`, as it would resolve there."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
+        return f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def _git(*args: str) -> str | None:
@@ -227,6 +238,8 @@ def find_or_create_parent(params: Params) -> tuple[str, str]:
         exp_name = os.environ.get("DVC_EXP_NAME")
         if exp_name:
             tags["dvc_exp_name"] = exp_name
+        if os.environ.get(SWEEP_ENV):
+            tags["sweep"] = os.environ[SWEEP_ENV]
         run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
         client.log_batch(run.info.run_id,
                          params=[Param(name, str(value)) for name, value in params.flat().items()])

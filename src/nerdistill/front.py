@@ -1,0 +1,136 @@
+"""The Pareto front of the compression space: which experiments no other one beats on F1 and a cost
+(CPU p50 of the shipped variant, bytes on disk), and what each further F1 point costs along it.
+
+Each experiment is one point, read from its eval/bench/gate results (`results.summary`); the
+teacher in fp32 and int8 are reference points. F1 is on the gold basis when any experiment was
+judged on gold (agreement with the teacher otherwise); experiments judged on the other basis are
+left out and named, since the two F1s do not compare.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence, TypeVar
+
+from nerdistill.results import AGREEMENT, FP32, GOLD, INT8, SUMMARY_BYTES, SUMMARY_F1, SUMMARY_P50, f1_path, \
+    lookup, number, summary, variant_path
+from nerdistill.sweep import NAME_PARTS, point_name
+
+# Each cost a panel of the front is drawn against: its figure key -> (axis title, unit).
+COSTS = {SUMMARY_P50: ("CPU p50 per document", "ms"), SUMMARY_BYTES: ("size on disk", "B")}
+STEP_POINTS = 0.5  # "what each further 0.5 F1 point costs"
+GATE, BENCH, EVAL, PARAMS = "metrics/gate.json", "metrics/bench.json", "metrics/eval.json", "params.yaml"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str                # experiment (row) name
+    label: str               # its swept params, short (L3-h25)
+    f1: float
+    costs: dict[str, float]  # COSTS key -> value
+
+
+@dataclass(frozen=True)
+class Front:
+    basis: str
+    points: list[Point]               # every experiment judged on `basis`
+    teacher: list[Point]              # references: fp32 and int8
+    fronts: dict[str, list[Point]]    # per cost: the non-dominated points, cheapest first
+    left_out: list[str]               # experiments without figures on `basis`, with why
+
+
+def non_dominated(points: Sequence[T], quality: Callable[[T], float], cost: Callable[[T], float]) -> list[T]:
+    """The points no other point dominates (F1 at least as high at a cost at most as high, one of
+    the two strictly better), cheapest first."""
+    def beaten(p: T) -> bool:
+        return any(quality(o) >= quality(p) and cost(o) <= cost(p) and (quality(o) > quality(p) or cost(o) < cost(p))
+                   for o in points)
+    return sorted((p for p in points if not beaten(p)), key=cost)
+
+
+def step_costs(front: Sequence[T], quality: Callable[[T], float], cost: Callable[[T], float]) -> list[float | None]:
+    """Along a front (cheapest first, F1 in [0, 1]), the extra cost per further STEP_POINTS F1 points
+    from the previous point to each one; None for the cheapest and for a tie in F1."""
+    out: list[float | None] = [None] if front else []
+    for previous, current in zip(front, front[1:]):
+        gained = 100 * (quality(current) - quality(previous))
+        out.append((cost(current) - cost(previous)) * STEP_POINTS / gained if gained > 0 else None)
+    return out
+
+
+def quantity(value: float, unit: str) -> str:
+    """3 significant digits; bytes with an SI prefix (950 kB, 1.2 MB)."""
+    if unit == "B":
+        for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:.3g} {prefix}B"
+    return f"{value:.3g} {unit}"
+
+
+def label(params: dict[str, Any]) -> str:
+    """The short name of an experiment's params, as a sweep names its points (L3-h25)."""
+    values = {}
+    for key in NAME_PARTS:
+        node: Any = params
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            values[key] = node
+    return point_name(values)
+
+
+def build(rows: Sequence[tuple[str, dict[str, dict]]]) -> Front | None:
+    """The front over (experiment name, {result file: content}) rows; None when no row has figures."""
+    found: dict[str, tuple[str, dict[str, float], dict]] = {}
+    left_out = []
+    for name, files in rows:
+        try:
+            figures = summary(files.get(GATE, {}), files.get(BENCH, {}), files.get(EVAL, {}))
+            found[name] = (files[GATE]["basis"], figures, files)
+        except (KeyError, ValueError) as err:
+            left_out.append(f"{name}: no shipped figures ({err})")
+    if not found:
+        return None
+    basis = GOLD if any(b == GOLD for b, _, _ in found.values()) else AGREEMENT
+    points = []
+    for name, (row_basis, figures, files) in found.items():
+        if row_basis != basis:
+            left_out.append(f"{name}: judged on {row_basis}, the front on {basis}")
+            continue
+        points.append(Point(name=name, label=label(files.get(PARAMS, {})), f1=figures[SUMMARY_F1],
+                            costs={key: figures[key] for key in COSTS}))
+    fronts = {key: non_dominated(points, _f1, _cost(key)) for key in COSTS}
+    return Front(basis=basis, points=points, teacher=_teacher([files for _, _, files in found.values()], basis),
+                 fronts=fronts, left_out=left_out)
+
+
+def _f1(point: Point) -> float:
+    return point.f1
+
+
+def _cost(key: str) -> Callable[[Point], float]:
+    return lambda point: point.costs[key]
+
+
+def _teacher(runs: list[dict], basis: str) -> list[Point]:
+    """The teacher in fp32 and int8, the median over the experiments that measured it (each bench
+    times it again beside its student); drawn at the teacher's F1, which evaluate scores in fp32."""
+    out = []
+    for variant in (FP32, INT8):
+        measured = []
+        for files in runs:
+            bench, eval_metrics = files.get(BENCH, {}), files.get(EVAL, {})
+            try:
+                teacher = lookup(bench, ("teacher",), "bench")
+                measured.append((number(eval_metrics, f1_path(basis, teacher), "eval"),
+                                 number(bench, variant_path(variant, "doc_p50_ms", teacher), "bench"),
+                                 number(bench, ("models", teacher, "disk_bytes"), "bench")))
+            except ValueError:
+                continue
+        if measured:
+            f1, p50, size = (statistics.median(column) for column in zip(*measured))
+            out.append(Point(name=f"teacher {variant}", label=f"teacher {variant}", f1=f1,
+                             costs={SUMMARY_P50: p50, SUMMARY_BYTES: size}))
+    return out

@@ -1,0 +1,83 @@
+"""The Pareto front: which points no other beats, what each further F1 point costs, and the points
+read from experiments' result files."""
+from __future__ import annotations
+
+import pytest
+
+from nerdistill import front
+from nerdistill.results import SUMMARY_BYTES, SUMMARY_KEYS, SUMMARY_P50
+
+
+def _front(points: list[tuple[str, float, float]]) -> list[str]:
+    chosen = front.non_dominated(points, lambda p: p[1], lambda p: p[2])
+    return [name for name, _, _ in chosen]
+
+
+def test_the_front_keeps_what_nothing_beats_cheapest_first() -> None:
+    points = [("a", 0.80, 10.0), ("b", 0.85, 20.0), ("c", 0.84, 25.0), ("d", 0.90, 40.0), ("e", 0.79, 10.0)]
+    # c: b is better and cheaper; e: a has more F1 at the same cost.
+    assert _front(points) == ["a", "b", "d"]
+
+
+def test_equal_points_both_stay_and_a_single_point_is_its_own_front() -> None:
+    assert _front([("a", 0.8, 10.0), ("b", 0.8, 10.0)]) == ["a", "b"]
+    assert _front([("only", 0.5, 1.0)]) == ["only"]
+    assert _front([]) == []
+
+
+def test_step_costs_price_each_further_half_point() -> None:
+    line = [("a", 0.80, 10.0), ("b", 0.85, 20.0), ("d", 0.90, 40.0)]
+    steps = front.step_costs(line, lambda p: p[1], lambda p: p[2])
+    # a -> b: 10 ms for 5 points, 1 ms per 0.5 point; b -> d: 20 ms for 5 points.
+    assert steps[0] is None and steps[1] == pytest.approx(1.0) and steps[2] == pytest.approx(2.0)
+    assert front.step_costs([("a", 0.8, 1.0), ("b", 0.8, 1.0)], lambda p: p[1], lambda p: p[2]) == [None, None]
+
+
+def test_quantities_read_at_a_glance() -> None:
+    assert [front.quantity(v, "B") for v in (950_000, 1_234_567, 12, 3.2e9)] == ["950 kB", "1.23 MB", "12 B", "3.2 GB"]
+    assert front.quantity(0.000833, "ms") == "0.000833 ms" and front.quantity(22.4, "ms") == "22.4 ms"
+
+
+def test_labels_are_the_sweeps_names_of_the_params() -> None:
+    params = {"student": {"num_layers": 3}, "pruning": {"ratio": 0.5, "scope": "global"}, "distill": {}}
+    assert front.label(params) == "L3-h50"
+    assert front.label({}) == ""
+
+
+def _files(layers: int, f1: float, p50: float, size: float, basis: str = "agreement", teacher_p50: float = 10.0,
+           flat: bool = True) -> dict:
+    gate = {"decision": "GO", "basis": basis, "model": "final", "variant": "cpu_fp32"}
+    bench = {"teacher": "teacher", "final": "final", "models": {
+        "teacher": {"disk_bytes": 1000, "variants": {"cpu_fp32": {"doc_p50_ms": teacher_p50},
+                                                    "cpu_int8": {"doc_p50_ms": teacher_p50 / 2}}},
+        "final": {"disk_bytes": size, "variants": {"cpu_fp32": {"doc_p50_ms": p50, "peak_rss_mb": 50}}}}}
+    scores = {"teacher": {"f1": 1.0 if basis == "agreement" else 0.9}, "final": {"f1": f1}}
+    eval_metrics = {"teacher": "teacher", "final": "final", basis: scores,
+                    "f1_drop_points": {basis: {"final": 100 * (scores["teacher"]["f1"] - f1)}}}
+    if flat:
+        gate |= dict(zip(SUMMARY_KEYS, (f1, 1.0, p50, size, 50, p50 / teacher_p50, size / 1000)))
+    return {"metrics/gate.json": gate, "metrics/bench.json": bench, "metrics/eval.json": eval_metrics,
+            "params.yaml": {"student": {"num_layers": layers}, "pruning": {"ratio": 0.25}}}
+
+
+def test_build_reads_the_shipped_figures_and_the_teacher() -> None:
+    built = front.build([("L2", _files(2, 0.80, 2.0, 300)), ("L3", _files(3, 0.85, 3.0, 400, teacher_p50=12.0)),
+                         ("L4", _files(4, 0.84, 4.0, 500, flat=False)), ("broken", {})])
+    assert built.basis == "agreement"
+    assert [p.name for p in built.points] == ["L2", "L3", "L4"]
+    assert built.points[0].label == "L2-h25" and built.points[0].costs == {SUMMARY_P50: 2.0, SUMMARY_BYTES: 300}
+    # L4's gate.json predates the flat summary: the same figures come from bench and eval.
+    assert built.points[2].f1 == 0.84 and built.points[2].costs[SUMMARY_P50] == 4.0
+    assert [p.name for p in built.fronts[SUMMARY_P50]] == ["L2", "L3"]
+    assert built.left_out == ["broken: no shipped figures (gate metrics lack the key 'model'; re-run the stage "
+                              "that writes them (dvc repro evaluate bench))"]
+    teacher = {p.name: (p.f1, p.costs[SUMMARY_P50], p.costs[SUMMARY_BYTES]) for p in built.teacher}
+    assert teacher == {"teacher cpu_fp32": (1.0, 10.0, 1000), "teacher cpu_int8": (1.0, 5.0, 1000)}
+
+
+def test_gold_wins_and_agreement_rows_are_left_out_by_name() -> None:
+    built = front.build([("a", _files(2, 0.80, 2.0, 300)), ("g", _files(3, 0.70, 3.0, 400, basis="gold"))])
+    assert built.basis == "gold" and [p.name for p in built.points] == ["g"]
+    assert built.left_out == ["a: judged on agreement, the front on gold"]
+    assert built.teacher[0].f1 == 0.9
+    assert front.build([("broken", {})]) is None
