@@ -51,10 +51,10 @@ def student_dir(tmp_path_factory, demo_teacher_dir, annotated_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(student_dir, annotated_dir, tmp_path_factory) -> tuple[Path, Path, dict]:
-    """The export stage with the shipped params (student.vocab: corpus): (fp32 folder, int8 folder, metrics)."""
+    """The export stage with a trimmed vocabulary (student.vocab: corpus): (fp32 folder, int8 folder, metrics)."""
     root = tmp_path_factory.mktemp("export")
-    metrics = export_stage.run(params_from_dict({}), model_dir=student_dir, data_dir=annotated_dir,
-                               fp32_dir=root / "onnx_fp32", int8_dir=root / "onnx_int8")
+    metrics = export_stage.run(params_from_dict({"student": {"vocab": "corpus"}}), model_dir=student_dir,
+                               data_dir=annotated_dir, fp32_dir=root / "onnx_fp32", int8_dir=root / "onnx_int8")
     return root / "onnx_fp32", root / "onnx_int8", metrics
 
 

@@ -114,7 +114,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path) -
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "baseline run")
     for label, override in (("ratio", "pruning.ratio=0.5"), ("temperature", "distill.temperature=3.0"),
-                            ("ffn", "pruning.ffn_ratio=0.25"), ("vocab", "student.vocab=full")):
+                            ("ffn", "pruning.ffn_ratio=0.25"), ("vocab", "student.vocab=corpus")):
         pipe.run("dvc", "exp", "run", "-S", override, label=label)
         pipe.exp_names[label] = _exp_name(pipe.outputs[label])
         # Back to the committed baseline, so the next experiment changes one param only.

@@ -74,7 +74,7 @@ class StudentParams:
     teacher_layers: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 8, 9, 10, 12)
     dropout: float = 0.1
     max_length: int = 512
-    vocab: Literal["full", "corpus"] = "corpus"
+    vocab: Literal["full", "corpus"] = "full"
 
     def validate(self, key: str) -> None:
         _check(self.num_layers >= 1, f"{key}.num_layers", self.num_layers, "an integer >= 1")
