@@ -19,7 +19,7 @@ def test_shipped_params_are_the_seeds_configuration():
     assert (params.distill.epochs, params.finetune.epochs) == (10, 2)
     assert params.distill.batch_size == 16 and params.distill.learning_rate == 2e-5
     assert params.distill.layer_map.pairs() == [(2, 2), (4, 3), (6, 5), (8, 7), (10, 9), (12, 10)]
-    assert (params.student.vocab, params.gate.variant) == ("corpus", "onnx_int8")
+    assert (params.student.vocab, params.gate.variant) == ("full", "onnx_int8")
     assert params.export.per_channel and params.export.quantize_embeddings
 
 
