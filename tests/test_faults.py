@@ -114,7 +114,10 @@ def _start_predict(tmp_path: Path, model: Path) -> tuple[subprocess.Popen, Path]
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen([NERDISTILL, "predict", "--model", str(model), "--input", str(source),
                              "--output", str(out), "--batch-size", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            # A runner started in the background (nohup, `&`) ignores SIGINT and its children
+                            # inherit that, so Python would never raise KeyboardInterrupt: give it Ctrl-C back.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.jsonl.*.tmp")):  # tagging has begun
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
