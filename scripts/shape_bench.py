@@ -30,7 +30,6 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import CamembertConfig, CamembertForTokenClassification
 
 from nerdistill import benchmark as bm
@@ -39,7 +38,7 @@ from nerdistill.demo import train_tokenizer
 from nerdistill.export import export_student
 from nerdistill.io import write_json
 from nerdistill.labels import student_labels
-from nerdistill.modeling import build_student, save_student
+from nerdistill.modeling import build_student, parameter_count, save_student
 from nerdistill.params import Params
 from nerdistill.params_reader import load_params
 from nerdistill.tagger import load_tagger
@@ -87,7 +86,7 @@ def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
     labels = student_labels(IO_LABELS, params.annotate.drop_types)
     student = build_student(teacher, dict(enumerate(labels)), params.student.teacher_layers, params.student.dropout,
                             provenance={"shape_bench": args.shape})
-    built = _parameters(student)
+    built = parameter_count(student)
     prune_report = _prune(student, params, tokenizer.vocab_size)
     rows_before = student.config.encoder.vocab_size
     # Never fewer rows than the ids the stand-in tokenizer produces (only the tiny shape comes near).
@@ -104,12 +103,15 @@ def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
     sentences = [[w.text for w in split_words(line)] for line in
                  (REPO / "data" / "raw" / "corpus.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     workloads = bm.build_workloads(sentences, tokenizer, args.tokens, batch_size=1)
-    p50 = _interleaved({name: taggers[name] for name in VARIANTS}, workloads, args)
+    timers = {name: bm.Timer(taggers[name], workloads, 1) for name in VARIANTS}
+    samples = bm.interleaved(timers, ["doc"], args.warmup, args.repeats, desc="shape bench")
+    p50 = {name: {"doc_p50_ms": bm.percentiles_ms(s["doc"])["p50_ms"], "doc_p95_ms": bm.percentiles_ms(s["doc"])["p95_ms"]}
+           for name, s in samples.items()}
 
-    student_params = _parameters(student)
+    student_params = parameter_count(student)
     figures = {
-        "teacher_fp32": {"parameters": _parameters(teacher), "disk_bytes": bm.disk_bytes(str(teacher_dir))},
-        "teacher_int8": {"parameters": _parameters(teacher), "disk_bytes": teacher_int8_bytes},
+        "teacher_fp32": {"parameters": parameter_count(teacher), "disk_bytes": bm.disk_bytes(str(teacher_dir))},
+        "teacher_int8": {"parameters": parameter_count(teacher), "disk_bytes": teacher_int8_bytes},
         "student_fp32": {"parameters": student_params, "disk_bytes": bm.disk_bytes(str(student_dir))},
         "student_int8_onnx": {"parameters": student_params, "disk_bytes": bm.disk_bytes(str(onnx_dir))},
     }
@@ -181,24 +183,6 @@ def _int8_bytes(teacher: torch.nn.Module, path: Path) -> int:
     quantized = torch.ao.quantization.quantize_dynamic(teacher, {torch.nn.Linear}, dtype=torch.qint8)
     torch.save(quantized.state_dict(), path)
     return path.stat().st_size
-
-
-def _interleaved(taggers: dict, workloads: bm.Workloads, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    timers = {name: bm.Timer(tagger, workloads, 1) for name, tagger in taggers.items()}
-    samples: dict[str, list[float]] = {name: [] for name in timers}
-    names = list(timers)
-    for round_no in tqdm(range(args.warmup + args.repeats), desc="shape bench", unit="round"):
-        shift = round_no % len(names)
-        for name in names[shift:] + names[:shift]:
-            seconds = timers[name].seconds("doc")
-            if round_no >= args.warmup:
-                samples[name].append(seconds)
-    return {name: {"doc_p50_ms": bm.percentiles_ms(s)["p50_ms"], "doc_p95_ms": bm.percentiles_ms(s)["p95_ms"]}
-            for name, s in samples.items()}
-
-
-def _parameters(model: torch.nn.Module) -> int:
-    return sum(param.numel() for param in model.parameters())
 
 
 def _parser() -> argparse.ArgumentParser:

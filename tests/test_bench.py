@@ -174,7 +174,7 @@ def test_gate_reads_the_bench_figures(outcome) -> None:
                       eval_metrics, metrics)
     assert tuple(result) == GATE_KEYS
     assert (result["decision"], result["model"], result["variant"]) == ("GO", "onnx_int8", "cpu_onnx")
-    judged, teacher = metrics["models"]["onnx_int8"], metrics["models"]["teacher"]
+    judged = metrics["models"]["onnx_int8"]
     chosen = judged["variants"]["cpu_onnx"]
     by_name = {check["name"]: check["value"] for check in result["checks"]}
     assert by_name["cpu_latency_p50_ms"] == result["doc_p50_ms"] == chosen["doc_p50_ms"]

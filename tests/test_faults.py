@@ -19,7 +19,6 @@ from safetensors.torch import save_file
 
 from nerdistill.cli import main
 from nerdistill.io import OutputError, atomic_dir, atomic_path
-from nerdistill.params import ParamsError
 from nerdistill.params_reader import params_from_dict
 from nerdistill.streaming import predict_stream
 

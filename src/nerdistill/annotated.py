@@ -7,8 +7,8 @@ transition prior). Only this module spells those file names; readers check every
 `transitions.json`: `labels` (the student's, in label2id order), `start` (L), `end` (L) and
 `transitions` (L x L, [previous][next]): add-one smoothed log-probabilities of the IOB2 moves the
 teacher's per-word label distributions expect on the train split (`labels.expected_transition_counts`,
-`labels.transition_prior`), `labels.IMPOSSIBLE` where IOB2 forbids the move. It is the target of
-the CRF loss, not the CRF's starting point.
+`labels.transition_prior`), `labels.IMPOSSIBLE` where IOB2 forbids the move. It is the CRF's
+starting point (`distill.crf_init: prior`) and the target of the CRF loss.
 """
 from __future__ import annotations
 

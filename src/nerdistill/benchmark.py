@@ -24,13 +24,16 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Hashable, Sequence, TypeVar
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from nerdistill.modeling import parameter_count as module_parameters
 from nerdistill.results import INT8
 from nerdistill.tagger import NerTagger
+K = TypeVar("K", bound=Hashable)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".pt")
 
 
@@ -99,6 +102,22 @@ class Timer:
         return time.perf_counter() - start
 
 
+def interleaved(timers: dict[K, Timer], workloads: Sequence[str], warmup: int, repeats: int, desc: str
+                ) -> dict[K, dict[str, list[float]]]:
+    """Seconds per (timer, workload): each round times every timer once, its order rotated each
+    round, so drift in the machine's speed hits all of them alike; `warmup` rounds are discarded."""
+    samples = {key: {workload: [] for workload in workloads} for key in timers}
+    keys = list(timers)
+    for round_no in tqdm(range(warmup + repeats), desc=desc, unit="round"):
+        shift = round_no % len(keys)
+        for key in keys[shift:] + keys[:shift]:
+            for workload in workloads:
+                seconds = timers[key].seconds(workload)
+                if round_no >= warmup:
+                    samples[key][workload].append(seconds)
+    return samples
+
+
 def percentiles_ms(seconds: list[float]) -> dict[str, float]:
     ordered = sorted(seconds)
     return {"p50_ms": 1000 * statistics.median(ordered), "p95_ms": 1000 * _quantile(ordered, 0.95)}
@@ -134,7 +153,7 @@ def parameter_count(tagger: NerTagger) -> int | None:
     """Parameters of the PyTorch model; for an ONNX export, those of the student it was exported
     from, as its manifest records them (None for an export that does not)."""
     model = getattr(tagger.backend, "model", None)
-    return tagger.backend.parameters if model is None else sum(p.numel() for p in model.parameters())
+    return tagger.backend.parameters if model is None else module_parameters(model)
 
 
 def disk_bytes(path: str) -> int | None:

@@ -35,7 +35,7 @@ from nerdistill.io import InputError, atomic_dir, write_json
 from nerdistill.labels import ordered_labels
 from nerdistill.model_folders import (CRF_FILE, ONNX_MANIFEST, load_tokenizer, model_kind, student_window,
                                       window_length)
-from nerdistill.modeling import CrfStudent
+from nerdistill.modeling import CrfStudent, parameter_count
 from nerdistill.params import ExportParams
 from nerdistill.text import split_words
 
@@ -82,7 +82,7 @@ def export_student(student: CrfStudent, tokenizer: PreTrainedTokenizerBase, fp32
         "format": "nerdistill-onnx", "model_file": MODEL_FILE, "inputs": list(INPUTS), "outputs": ["emissions"],
         "max_length": max_length, "stride": stride,
         "max_positions": window_length(student.config.encoder.max_position_embeddings, tokenizer),
-        "parameters": sum(p.numel() for p in student.parameters()), "vocab_size": len(tokenizer),
+        "parameters": parameter_count(student), "vocab_size": len(tokenizer),
         "source": source, "head_counts": student.config.head_counts,
         "ffn_sizes": student.config.ffn_sizes, "provenance": student.config.provenance,
     }

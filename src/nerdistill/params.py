@@ -119,8 +119,10 @@ class DistillParams:
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     learning_rate: float = 2e-5
-    # The CRF's start, end and transition scores start near 0 and are few: at the encoder's learning
-    # rate (Adam moves each parameter about lr a step) they would end a run where they began.
+    # prior: the CRF starts from the teacher's transition prior (transitions.json); uniform: from
+    # pytorch-crf's +-0.1 init, which the CRF loss (the fourth weight) then has something to pull.
+    crf_init: Literal["prior", "uniform"] = "prior"
+    # The CRF's few scores learn at learning_rate x this (Adam moves each parameter about lr a step).
     crf_lr_multiplier: float = 100.0
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1

@@ -32,7 +32,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from nerdistill.data import word_pieces
-from nerdistill.modeling import CrfStudent
+from nerdistill.modeling import CrfStudent, parameter_count
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,9 @@ def trim_student(student: CrfStudent, tokenizer: PreTrainedTokenizerBase, senten
     encoder_config = student.config.encoder
     config_ids = [getattr(encoder_config, f"{name}_token_id", None) for name in ("pad", "bos", "eos")]
     trimmed, kept, reasons = trim_tokenizer(tokenizer, sentences, fixed_ids=[i for i in config_ids if i is not None])
-    parameters_before = _parameters(student)
+    parameters_before = parameter_count(student)
     rows_before = keep_rows(student, kept, RULE)
-    parameters_after = _parameters(student)
+    parameters_after = parameter_count(student)
     report = {
         "tokenizer_model": type(tokenizer.backend_tokenizer.model).__name__,
         "tokenizer_class": type(tokenizer).__name__,
@@ -268,7 +268,3 @@ def _sliced(embeddings: nn.Embedding, kept: list[int]) -> nn.Embedding:
     with torch.no_grad():
         sliced.weight.copy_(embeddings.weight[torch.tensor(kept, device=embeddings.weight.device)])  # (V_kept, H)
     return sliced
-
-
-def _parameters(model: nn.Module) -> int:
-    return sum(param.numel() for param in model.parameters())

@@ -20,7 +20,6 @@ import logging
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from nerdistill import benchmark as bm
 from nerdistill.annotated import AnnotatedDir
@@ -60,7 +59,8 @@ def _bench(bench: BenchParams, teacher_params: TeacherParams, data_dir: Path, mo
     workloads = bm.build_workloads(sentences, tokenizer, bench.doc_tokens, bench.batch_size)
     memory = bm.peak_memory({key: (models[key[0]], taggers[key[0]].window) for key in variants if key[1] != CUDA},
                             workloads, bench.threads, bench.batch_size)
-    samples = _interleaved(variants, workloads, bench)
+    timers = {key: bm.Timer(tagger, workloads, bench.batch_size) for key, tagger in variants.items()}
+    samples = bm.interleaved(timers, WORKLOADS, bench.warmup, bench.repeats, desc="bench")
 
     results: dict = {name: {"kind": tagger.kind, "parameters": bm.parameter_count(tagger),
                             "disk_bytes": bm.disk_bytes(models[name]), "variants": {}}
@@ -104,21 +104,6 @@ def _variants(bench: BenchParams, teacher_params: TeacherParams, models: dict[st
         variants |= {(name, CUDA): load_tagger(path, teacher_params, "cuda") for name, path in models.items()
                      if taggers[name].kind != "onnx"}
     return variants
-
-
-def _interleaved(variants: dict[Key, NerTagger], workloads: bm.Workloads, bench: BenchParams
-                 ) -> dict[Key, dict[str, list[float]]]:
-    timers = {key: bm.Timer(tagger, workloads, bench.batch_size) for key, tagger in variants.items()}
-    samples = {key: {workload: [] for workload in WORKLOADS} for key in timers}
-    keys = list(timers)
-    for round_no in tqdm(range(bench.warmup + bench.repeats), desc="bench", unit="round"):
-        shift = round_no % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            for workload in WORKLOADS:
-                seconds = timers[key].seconds(workload)
-                if round_no >= bench.warmup:
-                    samples[key][workload].append(seconds)
-    return samples
 
 
 def _figures(samples: dict[str, list[float]], batch_size: int) -> dict[str, float]:

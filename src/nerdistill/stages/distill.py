@@ -7,7 +7,7 @@ from transformers import set_seed
 
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
-from nerdistill.modeling import build_student, provenance
+from nerdistill.modeling import build_student, init_crf_from_prior, provenance
 from nerdistill.params import Params
 from nerdistill.plots import plot_training
 from nerdistill.teacher import check_against_teacher, load_teacher
@@ -24,6 +24,8 @@ def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, compon
     data = load_training_data(AnnotatedDir(data_dir), tokenizer, params.student.max_length, params.teacher.stride)
     student = build_student(teacher, data.id2label, list(params.student.teacher_layers), params.student.dropout,
                             provenance=provenance(params))
+    if params.distill.crf_init == "prior":
+        init_crf_from_prior(student, data.transitions)
     result = train_stage(params, "distill", student, teacher, tokenizer, data, checkpoint_dir, resume, out_dir)
     if not is_main_process():
         return result.summary()  # the main process writes the outputs

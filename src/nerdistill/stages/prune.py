@@ -21,7 +21,7 @@ from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import TrainingData, load_training_data
 from nerdistill.io import write_json
 from nerdistill.losses import DistillContext
-from nerdistill.modeling import CrfStudent, save_student
+from nerdistill.modeling import CrfStudent, parameter_count, save_student
 from nerdistill.params import Params
 from nerdistill.plots import plot_importance
 from nerdistill.teacher import check_against_teacher, load_teacher
@@ -57,7 +57,7 @@ def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, importan
     keep, report = importance.select_heads(scores.heads, settings.ratio, settings.scope)
     neuron_keep, ffn_report = importance.select_neurons(scores.neurons, settings.ffn_ratio, settings.scope)
     student.config.head_counts = pruning.prune_heads(student, keep)
-    params_after_heads = _n_params(student)
+    params_after_heads = parameter_count(student)
     if settings.ffn_ratio > 0:  # 0 is a true no-op (it keeps every neuron): the FFN layers are not even rebuilt
         student.config.ffn_sizes = pruning.prune_ffn(student, neuron_keep)
     kept = pruning.original_indices(current.heads, keep)
@@ -124,7 +124,7 @@ def _provenance(student: CrfStudent, heads: list[list[int]], neurons: list[list[
 
 def _figures(student: CrfStudent, scorer: Scorer) -> dict[str, Any]:
     return {"heads": sum(pruning.head_counts(student)), "neurons": sum(pruning.ffn_sizes(student)),
-            "params": _n_params(student), "val_f1": scorer.val_f1()}
+            "params": parameter_count(student), "val_f1": scorer.val_f1()}
 
 
 def _train_batches(data: TrainingData, params: Params) -> DataLoader:
@@ -141,10 +141,6 @@ def _heads_file(kept: list[list[int]], current: list[list[int]], original_count:
               for layer, heads in enumerate(kept)]
     return {"head_numbering": "original heads of the distilled student, 0-based; layers 0-based",
             **report, "layers": layers}
-
-
-def _n_params(model: torch.nn.Module) -> int:
-    return sum(param.numel() for param in model.parameters())
 
 
 def _safetensors_bytes(folder: Path) -> int:
