@@ -302,3 +302,18 @@ def test_load_teacher_returns_frozen_eval_model(random_teacher_dir: Path):
     assert not model.training
     assert not any(p.requires_grad for p in model.parameters())
     assert tokenizer("Paris").input_ids
+
+
+def test_crf_starts_from_the_transition_prior_and_refuses_another_label_set(student):
+    from nerdistill.labels import expected_transition_counts, transition_prior
+    from nerdistill.modeling import init_crf_from_prior
+
+    names = [STUDENT_LABELS[i] for i in range(len(STUDENT_LABELS))]
+    lines = [torch.eye(len(names))[[0, 1, 2, 0]], torch.eye(len(names))[[5, 6, 0]]]  # one-hot teacher distributions
+    prior = transition_prior(*expected_transition_counts(lines, names, names, []), names)
+    init_crf_from_prior(student, prior)
+    assert student.crf.start_transitions.tolist() == pytest.approx(prior["start"])
+    assert student.crf.end_transitions.tolist() == pytest.approx(prior["end"])
+    assert student.crf.transitions.tolist() == [pytest.approx(row) for row in prior["transitions"]]
+    with pytest.raises(ValueError, match="transitions.json labels .* re-run annotate"):
+        init_crf_from_prior(student, {**prior, "labels": names[::-1]})
