@@ -1,6 +1,7 @@
 """The four distillation losses, the shared label space they use, the curriculum and the total."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -13,7 +14,7 @@ from nerdistill.labels import (allowed_start, allowed_transition, expected_trans
 from nerdistill.losses import (DistillContext, distillation_loss, hidden_loss, kd_loss, phase_weights,
                                transition_loss)
 from nerdistill.params import Weights
-from nerdistill.modeling import build_student
+from nerdistill.modeling import build_student, crf_log_marginals
 from nerdistill.teacher import teacher_forward
 
 TEACHER_LABELS = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}
@@ -63,6 +64,46 @@ def test_shared_space_probabilities_sum_to_one():
         assert torch.allclose(shared.sum(-1), torch.ones(3, 4))
 
 
+def no_transitions(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CRF scores of 0: the marginals are then each word's softmax of its emissions."""
+    return torch.zeros(size), torch.zeros(size), torch.zeros(size, size)
+
+
+def test_crf_marginals_match_brute_force_over_every_path():
+    torch.manual_seed(0)
+    labels, width = 3, 4
+    emissions, start, end = torch.randn(3, width, labels), torch.randn(labels), torch.randn(labels)
+    transitions = torch.randn(labels, labels)
+    mask = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])
+    starts_line, ends_line = torch.tensor([True, False, True]), torch.tensor([True, True, False])
+    got = crf_log_marginals(emissions, mask, start, end, transitions, starts_line, ends_line).exp()
+    for row in range(3):
+        length = int(mask[row].sum())
+        marginals = torch.zeros(length, labels)
+        total = 0.0
+        for path in itertools.product(range(labels), repeat=length):
+            score = (start[path[0]] * starts_line[row] + end[path[-1]] * ends_line[row]
+                     + sum(emissions[row, t, path[t]] for t in range(length))
+                     + sum(transitions[path[t], path[t + 1]] for t in range(length - 1)))
+            weight = float(score.exp())
+            total += weight
+            for t, label in enumerate(path):
+                marginals[t, label] += weight
+        assert torch.allclose(got[row, :length], marginals / total, atol=1e-5)
+
+
+def test_kd_sees_the_transitions_the_student_decodes_with():
+    eye = torch.eye(2)
+    emissions = torch.zeros(1, 2, 2)  # (B, W, L): no preference from the emissions alone
+    teacher = torch.tensor([[[9.0, -9.0], [-9.0, 9.0]]])  # label 0 then label 1
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    favouring = torch.zeros(2), torch.zeros(2), torch.tensor([[-5.0, 5.0], [0.0, 0.0]])  # 0 -> 1 likely
+    against = torch.zeros(2), torch.zeros(2), torch.tensor([[5.0, -5.0], [0.0, 0.0]])
+    assert (kd_loss(emissions, favouring, teacher, mask, eye, eye, 1.0)
+            < kd_loss(emissions, no_transitions(2), teacher, mask, eye, eye, 1.0)
+            < kd_loss(emissions, against, teacher, mask, eye, eye, 1.0))
+
+
 def test_kd_is_zero_when_shared_distributions_match():
     student_to_shared, teacher_to_shared = spaces()
     temperature = 2.5
@@ -74,7 +115,8 @@ def test_kd_is_zero_when_shared_distributions_match():
     student = torch.stack([t_o_folded, t_loc - half, t_loc - half, t_org - half, t_org - half,
                            t_per - half, t_per - half], dim=-1)  # (B, W, Ls) in NAMES order
     mask = torch.ones(2, 5, dtype=torch.bool)
-    loss = kd_loss(student, teacher_logits, mask, student_to_shared, teacher_to_shared, temperature)
+    loss = kd_loss(student, no_transitions(len(NAMES)), teacher_logits, mask, student_to_shared, teacher_to_shared,
+                   temperature)
     assert loss.abs() < 1e-5
 
 
@@ -85,12 +127,12 @@ def test_kd_matches_a_hand_computation_and_ignores_padding():
     mask = torch.tensor([[True, False]])
     # T = 1: p_t = (3/4, 1/4), p_s = (1/2, 1/2).
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert kd_loss(student, teacher, mask, eye, eye, 1.0).item() == pytest.approx(expected, rel=1e-5)
+    assert kd_loss(student, no_transitions(2), teacher, mask, eye, eye, 1.0).item() == pytest.approx(expected, rel=1e-5)
     # T = 2 softens both and scales by T^2 = 4.
     p_t = torch.tensor([math.log(3.0) / 2, 0.0]).softmax(0)
     expected_t2 = 4 * float((p_t * (p_t / 0.5).log()).sum())
-    assert kd_loss(student, teacher, mask, eye, eye, 2.0).item() == pytest.approx(expected_t2, rel=1e-5)
-    assert kd_loss(student, teacher, mask, eye, eye, 1.0) > 0
+    assert kd_loss(student, no_transitions(2), teacher, mask, eye, eye, 2.0).item() == pytest.approx(expected_t2, rel=1e-5)
+    assert kd_loss(student, no_transitions(2), teacher, mask, eye, eye, 1.0) > 0
 
 
 def test_hidden_loss_is_zero_for_identical_and_one_for_orthogonal_states():

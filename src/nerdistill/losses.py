@@ -10,8 +10,9 @@ weighted total is formed: the Trainer (distill, finetune) and head-importance sc
 Each term is a mean on one scale, so a weight means what it says:
 - CE, per word: CRF negative log-likelihood of the teacher's labels (annotate wrote them),
   summed over the batch and divided by its real words.
-- KD, per word, x T^2: KL(teacher || student) at temperature T (Hinton et al., 2015), computed
-  in a label space both models share (see `DistillContext.build`).
+- KD, per word, x T^2: KL(teacher || student) at temperature T (Hinton et al., 2015), the student's
+  side being its CRF's per-word marginals, computed in a label space both models share (see
+  `DistillContext.build`).
 - Hidden, per sub-token and layer pair: 1 - cosine between mapped teacher and student layers.
 - CRF, per allowed transition score: mean squared difference between the student's start, end
   and transition scores and the teacher's transition prior (log frequencies of the moves its
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nerdistill import labels
-from nerdistill.modeling import CrfStudent, StudentOutput
+from nerdistill.modeling import CrfStudent, StudentOutput, crf_log_marginals
 from nerdistill.params import Params, Weights
 
 
@@ -36,17 +37,26 @@ from nerdistill.params import Params, Weights
 _EPS = 1e-12
 
 
-def kd_loss(student_emissions: torch.Tensor, teacher_logits: torch.Tensor, word_mask: torch.Tensor,
-            student_to_shared: torch.Tensor, teacher_to_shared: torch.Tensor,
-            temperature: float) -> torch.Tensor:
+def kd_loss(student_emissions: torch.Tensor, crf_scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+            teacher_logits: torch.Tensor, word_mask: torch.Tensor, student_to_shared: torch.Tensor,
+            teacher_to_shared: torch.Tensor, temperature: float, starts_line: torch.Tensor | None = None,
+            ends_line: torch.Tensor | None = None) -> torch.Tensor:
     """KL(teacher || student) in the shared label space, x T^2, mean over real words.
+
+    The student's distribution is its CRF's per-word marginal (forward-backward over emissions and
+    transition scores, all divided by T), what it actually predicts, not a softmax of its emissions:
+    fitting the emissions alone to the teacher, the transition scores then counted the prior a second
+    time and the student under-tagged (real stand-in, docs/results.md).
 
     student_emissions (B, W, Ls), teacher_logits (B, W, Lt); the *_to_shared matrices are
     0/1 with one 1 per row, (Ls, S) and (Lt, S): summing probabilities through them turns a
     distribution over a model's labels into one over the S shared classes.
     """
+    start, end, transitions = (score.float() / temperature for score in crf_scores)
+    log_marginals = crf_log_marginals(student_emissions.float() / temperature, word_mask.bool(), start, end,
+                                      transitions, starts_line, ends_line)  # (B, W, Ls)
     p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1) @ teacher_to_shared  # (B, W, S)
-    p_student = F.softmax(student_emissions.float() / temperature, dim=-1) @ student_to_shared  # (B, W, S)
+    p_student = log_marginals.exp() @ student_to_shared  # (B, W, S)
     kl = (p_teacher * (p_teacher.clamp_min(_EPS).log() - p_student.clamp_min(_EPS).log())).sum(-1)  # (B, W)
     mask = word_mask.to(kl.dtype)
     return (kl * mask).sum() / mask.sum().clamp_min(1.0) * temperature ** 2
@@ -189,8 +199,8 @@ def distillation_loss(student_out: StudentOutput, teacher_logits: torch.Tensor,
     if student_out.loss is None:
         raise ValueError("the student's forward was run without labels, so it has no CE loss; pass labels")
     ce = student_out.loss
-    kd = kd_loss(emissions, teacher_logits, word_mask, ctx.student_to_shared, ctx.teacher_to_shared,
-                 ctx.temperature)
+    kd = kd_loss(emissions, student_out.crf_scores, teacher_logits, word_mask, ctx.student_to_shared,
+                 ctx.teacher_to_shared, ctx.temperature, batch.get("starts_line"), batch.get("ends_line"))
     if w_hidden > 0 and (student_out.hidden_states is None or teacher_hidden is None):
         raise ValueError("hidden-state loss weight > 0 but hidden states are missing; run both models "
                          "with output_hidden_states=True")

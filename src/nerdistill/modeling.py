@@ -234,6 +234,33 @@ def gather_words(sequence: torch.Tensor, word_index: torch.Tensor) -> torch.Tens
     return sequence.gather(1, index)
 
 
+def crf_log_marginals(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
+                      transitions: torch.Tensor, starts_line: torch.Tensor | None = None,
+                      ends_line: torch.Tensor | None = None) -> torch.Tensor:
+    """log P(label of word t = j | sentence) under the linear-chain CRF, (B, W, L), by forward-backward.
+
+    Same conventions as `viterbi` (left-packed mask, edge scores only on the line's edges). Values
+    past a row's end are meaningless; callers mask them. Differentiable in every score."""
+    zero = emissions.new_zeros(())
+    if starts_line is not None:
+        start = torch.where(starts_line.bool().unsqueeze(1), start, zero)  # (B, L)
+    if ends_line is not None:
+        end = torch.where(ends_line.bool().unsqueeze(1), end, zero)  # (B, L)
+    width = emissions.size(1)
+    alpha = [start + emissions[:, 0]]  # alpha[t]: (B, L), paths over words 0..t ending in each label
+    for t in range(1, width):
+        step = torch.logsumexp(alpha[-1].unsqueeze(2) + transitions, dim=1) + emissions[:, t]  # (B, L)
+        alpha.append(torch.where(mask[:, t].unsqueeze(1), step, alpha[-1]))
+    # beta[t]: paths over words t+1.. from each label at t; the row's last word gets the end score.
+    lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    beta = [end.expand_as(alpha[-1])]
+    for t in range(width - 2, -1, -1):
+        step = torch.logsumexp(transitions + (emissions[:, t + 1] + beta[-1]).unsqueeze(1), dim=2)  # (B, L)
+        beta.append(torch.where(t + 1 < lengths, step, end.expand_as(step)))
+    scores = torch.stack(alpha, dim=1) + torch.stack(beta[::-1], dim=1)  # (B, W, L)
+    return scores - torch.logsumexp(scores, dim=2, keepdim=True)
+
+
 def viterbi(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
             transitions: torch.Tensor, starts_line: torch.Tensor | None = None,
             ends_line: torch.Tensor | None = None) -> list[list[int]]:
