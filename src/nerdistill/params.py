@@ -129,8 +129,8 @@ class DistillParams:
     max_grad_norm: float = 1.0
     temperature: float = 2.5
     phase1_epochs: int = 1
-    phase1_weights: Weights = Weights(1.0, 0.5, 0.1, 0.0)
-    phase2_weights: Weights = Weights(1.0, 1.0, 0.2, 0.0)
+    phase1_weights: Weights = Weights(1.0, 0.5, 0.0, 0.0)
+    phase2_weights: Weights = Weights(1.0, 1.0, 0.0, 0.0)
     layer_map: LayerMap = field(default_factory=LayerMap)
     early_stopping_patience: int = 3
     early_stopping_threshold: float = 0.001
@@ -184,7 +184,7 @@ class FinetuneParams:
     epochs: int = 2
     batch_size: int = 16
     learning_rate: float = 2e-5
-    weights: Weights = Weights(1.0, 0.8, 0.15, 0.0)
+    weights: Weights = Weights(1.0, 0.8, 0.0, 0.0)
     max_steps: int = -1
 
     def validate(self, key: str) -> None:
