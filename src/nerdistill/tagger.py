@@ -145,6 +145,10 @@ class OnnxBackend:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        # onnxruntime's threads otherwise spin on the cores after each run, taking them from whatever
+        # runs next in the process: bench interleaves variants in one process, and there every
+        # variant, PyTorch ones too, measured 2-4x slower (real stand-in student, 2 threads).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
