@@ -105,7 +105,7 @@ def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
     workloads = bm.build_workloads(sentences, tokenizer, args.tokens, batch_size=1)
     timers = {name: bm.Timer(taggers[name], workloads, 1) for name in VARIANTS}
     samples = bm.interleaved(timers, ["doc"], args.warmup, args.repeats, desc="shape bench")
-    p50 = {name: {"doc_p50_ms": bm.percentiles_ms(s["doc"])["p50_ms"], "doc_p95_ms": bm.percentiles_ms(s["doc"])["p95_ms"]}
+    p50 = {name: {f"doc_{key}": value for key, value in bm.percentiles_ms(s["doc"]).items()}
            for name, s in samples.items()}
 
     student_params = parameter_count(student)
