@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -32,6 +33,15 @@ def ordered_labels(id2label: Mapping[int, str] | Mapping[str, str]) -> list[str]
         raise ValueError(f"id2label ids must be 0..{len(ids) - 1} without gaps, got {ids}")
     by_id = {int(key): label for key, label in id2label.items()}
     return [by_id[i] for i in ids]
+
+
+def check_prior_labels(prior: Mapping[str, Any], id2label: Mapping[int, str] | Mapping[str, str]) -> list[str]:
+    """The student's labels in id order, once transitions.json is known to score the same ones."""
+    names = ordered_labels(id2label)
+    if list(prior.get("labels", [])) != names:
+        raise ValueError(f"transitions.json labels {prior.get('labels')} differ from the student's labels {names}; "
+                         "re-run annotate so both come from the same label set")
+    return names
 
 
 def student_labels(teacher_id2label: Mapping[int, str], drop_types: Iterable[str]) -> list[str]:

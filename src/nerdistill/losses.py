@@ -151,10 +151,7 @@ class DistillContext:
         _check_pairs(layer_map_pairs, student.config.encoder.num_hidden_layers)
         teacher_to_shared, student_to_shared, names = labels.shared_space(
             teacher_id2label, student.config.id2label, dropped_types)
-        names_in_order = labels.ordered_labels(student.config.id2label)
-        if list(transitions.get("labels", [])) != names_in_order:
-            raise ValueError(f"transitions.json labels {transitions.get('labels')} differ from the student's labels "
-                             f"{names_in_order}; re-run annotate so both come from the same label set")
+        names_in_order = labels.check_prior_labels(transitions, student.config.id2label)
 
         def tensor(value: Any) -> torch.Tensor:
             return torch.as_tensor(value, dtype=torch.float32, device=device)
