@@ -60,6 +60,7 @@ sweep: install $(if $(filter sweeps/demo.yaml,$(SWEEP)),$(DEMO_TEACHER))
 REAL_CONLLU ?= ../shared/data/wikineural-fr-val.conllu
 REAL_TEACHER ?= /tmp/real_teacher
 REAL_RUN ?= /tmp/nerdistill-real
+REAL_CORPUS_SENTENCES ?= 2000
 REAL_OVERRIDES := -S teacher.model_name=$(REAL_TEACHER) \
 	-S 'student.num_layers=4' -S 'student.teacher_layers=[1,2,4,6]' \
 	-S 'distill.layer_map.teacher=[2,4,6]' -S 'distill.layer_map.student=[2,3,4]' \
@@ -70,7 +71,7 @@ REAL_OVERRIDES := -S teacher.model_name=$(REAL_TEACHER) \
 real: install
 	@test -f $(REAL_CONLLU) || { echo "$(REAL_CONLLU) not found (not shipped; see docs/results.md)"; exit 1; }
 	@test -d $(REAL_TEACHER) || { echo "$(REAL_TEACHER) missing: build it first (docs/results.md, step 1)"; exit 1; }
-	$(BIN)/python scripts/real_data.py $(REAL_CONLLU) $(REAL_RUN)-data --max-sentences 10000 --corpus-sentences 2000
+	$(BIN)/python scripts/real_data.py $(REAL_CONLLU) $(REAL_RUN)-data --max-sentences 10000 --corpus-sentences $(REAL_CORPUS_SENTENCES)
 	rm -rf $(REAL_RUN) && git clone -q . $(REAL_RUN) && ln -s $(abspath $(VENV)) $(REAL_RUN)/.venv
 	cp $(REAL_RUN)-data/corpus.txt $(REAL_RUN)/data/raw/corpus.txt
 	cd $(REAL_RUN) && PATH=$(abspath $(BIN)):$$PATH $(abspath $(BIN))/dvc exp run $(REAL_OVERRIDES)
