@@ -2,7 +2,7 @@
 
 A tiny params profile (the demo teacher, a 3-layer student, one epoch each, few bench rounds)
 and a 200-line corpus keep the eight stages to a few minutes on two cores. One module fixture
-runs the pipeline once and two experiments; each test reads what DVC, the metrics files and
+runs the pipeline once and three one-param experiments; each test reads what DVC, the metrics files and
 the MLflow store say about that single execution.
 """
 from __future__ import annotations
@@ -113,8 +113,9 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path) -
     pipe.run("dvc", "repro", label="repro")
     _git(root, "add", "-A")
     _git(root, "commit", "-q", "-m", "baseline run")
-    for label, override in (("ratio", "pruning.ratio=0.5"), ("temperature", "distill.temperature=3.0"),
-                            ("ffn", "pruning.ffn_ratio=0.25"), ("vocab", "student.vocab=corpus")):
+    # A distill param's re-run (distill onward) is the sweep test's: its depths distill once each.
+    for label, override in (("ratio", "pruning.ratio=0.5"), ("ffn", "pruning.ffn_ratio=0.25"),
+                            ("vocab", "student.vocab=corpus")):
         pipe.run("dvc", "exp", "run", "-S", override, label=label)
         pipe.exp_names[label] = _exp_name(pipe.outputs[label])
         # Back to the committed baseline, so the next experiment changes one param only.
@@ -167,23 +168,17 @@ def test_vocabulary_reruns_export_onward_only(pipeline: Pipeline) -> None:
     assert _ran(output) == {"export", "evaluate", "bench", "gate"}
 
 
-def test_temperature_reruns_distill_onward(pipeline: Pipeline) -> None:
-    output = pipeline.outputs["temperature"]
-    assert _skipped(output) == {"annotate"}
-    assert _ran(output) == set(STAGES) - {"annotate"}
-
-
 def test_exp_show_and_metrics_diff_compare_the_experiments(pipeline: Pipeline) -> None:
     rows = list(csv.DictReader(io.StringIO(pipeline.run("dvc", "exp", "show", "--csv"))))
-    assert {"pruning.ratio", "distill.temperature", "decision"} <= set(rows[0])
+    assert {"pruning.ratio", "pruning.ffn_ratio", "decision"} <= set(rows[0])
     by_name = {row["Experiment"]: row for row in rows}
-    ratio, temperature = pipeline.exp_names["ratio"], pipeline.exp_names["temperature"]
+    ratio, ffn = pipeline.exp_names["ratio"], pipeline.exp_names["ffn"]
     assert by_name[ratio]["pruning.ratio"] == "0.5"
-    assert by_name[temperature]["distill.temperature"] == "3.0"
-    assert by_name[temperature]["pruning.ratio"] == "0.25"
+    assert by_name[ffn]["pruning.ffn_ratio"] == "0.25"
+    assert by_name[ffn]["pruning.ratio"] == "0.25"
 
     # --all: the tiny students may tie on F1, and a tie is still a row of the comparison.
-    diff = json.loads(pipeline.run("dvc", "metrics", "diff", ratio, temperature, "--all", "--json"))
+    diff = json.loads(pipeline.run("dvc", "metrics", "diff", ratio, ffn, "--all", "--json"))
     eval_keys, bench_keys = set(diff["metrics/eval.json"]), set(diff["metrics/bench.json"])
     assert "agreement.final.f1" in eval_keys
     assert "models.final.variants.cpu_fp32.doc_p50_ms" in bench_keys
@@ -197,17 +192,17 @@ def test_mlflow_has_one_parent_per_execution_with_its_gate(pipeline: Pipeline) -
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 5  # dvc repro, then four experiments
+    assert len(parents) == 4  # dvc repro, then three experiments
     assert {p.data.params["pruning.ratio"] for p in parents} == {"0.25", "0.5"}
     assert all(p.data.tags.get("gate") in {"GO", "REVIEW", "NO-GO"} for p in parents)
     assert all(p.info.status == "FINISHED" for p in parents)
     names = {p.data.tags["mlflow.runName"] for p in parents}
-    assert {pipeline.exp_names["ratio"], pipeline.exp_names["temperature"]} < names
+    assert {pipeline.exp_names["ratio"], pipeline.exp_names["ffn"]} < names
     assert any(name.startswith("main@") for name in names)  # dvc repro: branch@commit
     parent_ids = {p.info.run_id for p in parents}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == parent_ids
-    # 8 stages, then 6 (prune onward), 7 (distill onward), 6 (prune onward), 4 (export onward).
-    assert len(children) == 8 + 6 + 7 + 6 + 4
+    # 8 stages, then 6 (prune onward), 6 (prune onward), 4 (export onward).
+    assert len(children) == 8 + 6 + 6 + 4
     ratio_parent = next(p for p in parents if p.data.tags.get("dvc_exp_name") == pipeline.exp_names["ratio"])
     stages = {c.data.tags["stage"] for c in children if c.data.tags["mlflow.parentRunId"] == ratio_parent.info.run_id}
     assert stages == {"prune", "finetune", "export", "evaluate", "bench", "gate"}
