@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo sweep real ui clean-demo
+.PHONY: install test test-fast demo sweep real real-clone ui clean-demo
 
 $(BIN)/nerdistill: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,12 +68,15 @@ REAL_OVERRIDES := -S teacher.model_name=$(REAL_TEACHER) \
 	-S finetune.epochs=1 -S finetune.batch_size=32 -S finetune.learning_rate=0.0001 \
 	-S pruning.num_batches=8 -S bench.repeats=10 -S evaluate.gold_path=$(REAL_RUN)-data/gold_test.conll
 
-real: install
+# real-clone only prepares the scratch clone (the real sweep runs there: sweeps/real.yaml).
+real-clone: install
 	@test -f $(REAL_CONLLU) || { echo "$(REAL_CONLLU) not found (not shipped; see docs/results.md)"; exit 1; }
 	@test -d $(REAL_TEACHER) || { echo "$(REAL_TEACHER) missing: build it first (docs/results.md, step 1)"; exit 1; }
 	$(BIN)/python scripts/real_data.py $(REAL_CONLLU) $(REAL_RUN)-data --max-sentences 10000 --corpus-sentences $(REAL_CORPUS_SENTENCES)
 	rm -rf $(REAL_RUN) && git clone -q . $(REAL_RUN) && ln -s $(abspath $(VENV)) $(REAL_RUN)/.venv
 	cp $(REAL_RUN)-data/corpus.txt $(REAL_RUN)/data/raw/corpus.txt
+
+real: real-clone
 	cd $(REAL_RUN) && PATH=$(abspath $(BIN)):$$PATH $(abspath $(BIN))/dvc exp run $(REAL_OVERRIDES)
 	cd $(REAL_RUN) && $(abspath $(BIN))/dvc metrics show
 
