@@ -81,3 +81,24 @@ def test_gold_wins_and_agreement_rows_are_left_out_by_name() -> None:
     assert built.left_out == ["a: judged on agreement, the front on gold"]
     assert built.teacher[0].f1 == 0.9
     assert front.build([("broken", {})]) is None
+
+
+def _bounded(files: dict, bound: float) -> dict:
+    files["params.yaml"]["gate"] = {"max_f1_drop": bound, "max_agreement_drop": 50.0}
+    return files
+
+
+def test_the_recommendation_is_the_cheapest_point_within_the_gates_drop_bound() -> None:
+    # Teacher F1 0.9 (gold); L2 is 2.5 points below it, L3 0.5, L4 0.5 above.
+    rows = [(name, _bounded(_files(layers, f1, p50, 100 * layers, basis="gold"), 1.0))
+            for name, layers, f1, p50 in (("L2", 2, 0.875, 2.0), ("L3", 3, 0.895, 3.0), ("L4", 4, 0.905, 4.0))]
+    built = front.build(rows)
+    assert built.max_drop_points == 1.0
+    assert front.recommend(built).name == "L3"
+    # The strictest bound applies (gold: gate.max_f1_drop); with none in reach there is no recommendation.
+    rows[2] = ("L4", _bounded(_files(4, 0.905, 4.0, 400, basis="gold"), 0.25))
+    assert front.recommend(front.build(rows)).name == "L4"
+    rows = [(name, _bounded(files, 0.1)) for name, files in rows]
+    assert front.recommend(front.build(rows[:2])) is None
+    # Without the gate's params the bound is unknown: nothing is recommended.
+    assert front.recommend(front.build([("L3", _files(3, 0.895, 3.0, 300, basis="gold"))])) is None

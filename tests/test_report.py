@@ -74,7 +74,8 @@ def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     (root / "toy.py").write_text(TOY_STAGE, encoding="utf-8")
     (root / "dvc.yaml").write_text(DVC_YAML, encoding="utf-8")
     (root / "params.yaml").write_text("pruning: {ratio: 0.25, scope: per_layer}\ndistill: {temperature: 2.5}\n"
-                                      "student: {num_layers: 3}\n", encoding="utf-8")
+                                      "student: {num_layers: 3}\ngate: {max_f1_drop: 1.0, max_agreement_drop: 5.0}\n",
+                                      encoding="utf-8")
     _run(root, "git", "init", "-q", "-b", "main")
     _run(root, "git", "config", "user.email", "report@example.invalid")
     _run(root, "git", "config", "user.name", "report")
@@ -217,6 +218,10 @@ def test_report_draws_the_pareto_front(toy_repo: tuple[Path, str], tmp_path: Pat
     assert _front_names(page, "CPU p50") == ["main"] and _front_names(page, "size") == ["main"]
     latency = page.split("<h3>Front on CPU p50")[1].split("</table>")[0]
     assert "<td>L3-h25</td><td>0.9750</td><td>25 ms</td>" in latency
+    # Both rows are within the gate's 5-point bound; the baseline is the cheaper.
+    assert ("<b>Recommended: main</b> (L3-h25), the cheapest on CPU p50 within 5 F1 points (agreement) of the "
+            "teacher in fp32 (1.0000): F1 0.9750 (-2.50 points), 25 ms CPU p50 per document (0.25&times; the "
+            "teacher's)") in page
     assert "F1 (agreement)" in page
 
 

@@ -19,6 +19,8 @@ from nerdistill.sweep import NAME_PARTS, point_name
 # Each cost a panel of the front is drawn against: its figure key -> (axis title, unit).
 COSTS = {SUMMARY_P50: ("CPU p50 per document", "ms"), SUMMARY_BYTES: ("size on disk", "B")}
 STEP_POINTS = 0.5  # "what each further 0.5 F1 point costs"
+# The gate's param bounding the F1 drop on each basis (`dvc exp show` keeps params, not gate.json's checks).
+DROP_BOUNDS = {GOLD: "max_f1_drop", AGREEMENT: "max_agreement_drop"}
 GATE, BENCH, EVAL, PARAMS = "metrics/gate.json", "metrics/bench.json", "metrics/eval.json", "params.yaml"
 
 T = TypeVar("T")
@@ -39,6 +41,7 @@ class Front:
     teacher: list[Point]              # references: fp32 and int8
     fronts: dict[str, list[Point]]    # per cost: the non-dominated points, cheapest first
     left_out: list[str]               # experiments without figures on `basis`, with why
+    max_drop_points: float | None = None  # gate.max_f1_drop (gold) or max_agreement_drop: the strictest
 
 
 def non_dominated(points: Sequence[T], quality: Callable[[T], float], cost: Callable[[T], float]) -> list[T]:
@@ -94,16 +97,29 @@ def build(rows: Sequence[tuple[str, dict[str, dict]]]) -> Front | None:
     if not found:
         return None
     basis = GOLD if any(b == GOLD for b, _, _ in found.values()) else AGREEMENT
-    points = []
+    points, bounds = [], []
     for name, (row_basis, figures, files) in found.items():
         if row_basis != basis:
             left_out.append(f"{name}: judged on {row_basis}, the front on {basis}")
             continue
         points.append(Point(name=name, label=label(files.get(PARAMS, {})), f1=figures[SUMMARY_F1],
                             costs={key: figures[key] for key in COSTS}))
+        bound = (files.get(PARAMS, {}).get("gate") or {}).get(DROP_BOUNDS[basis])
+        if isinstance(bound, (int, float)) and not isinstance(bound, bool):
+            bounds.append(bound)
     fronts = {key: non_dominated(points, _f1, _cost(key)) for key in COSTS}
     return Front(basis=basis, points=points, teacher=_teacher([files for _, _, files in found.values()], basis),
-                 fronts=fronts, left_out=left_out)
+                 fronts=fronts, left_out=left_out, max_drop_points=min(bounds, default=None))
+
+
+def recommend(front: Front, cost: str = SUMMARY_P50) -> Point | None:
+    """The cheapest experiment on `cost` whose F1 is within the gates' drop bound of the teacher's
+    (in fp32); None without a bound, a teacher reference or such an experiment. It is on the front."""
+    teacher = next((point for point in front.teacher if point.name == f"teacher {FP32}"), None)
+    if teacher is None or front.max_drop_points is None:
+        return None
+    within = [point for point in front.points if 100 * (teacher.f1 - point.f1) <= front.max_drop_points]
+    return min(within, key=_cost(cost), default=None)
 
 
 def _f1(point: Point) -> float:

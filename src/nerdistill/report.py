@@ -227,6 +227,7 @@ def front_section(front: pareto.Front | None, png: Path | None, sweeps: list[dic
                      f"benches, at the teacher's F1). The last column is the extra cost of each further "
                      f"{pareto.STEP_POINTS:g} F1 point from the previous front point.</p>\n"
                      f'<figure><img alt="{html.escape(png.name)}" src="data:image/png;base64,{data}"></figure>')
+        parts.append(_recommendation(front))
         for key, (title, unit) in pareto.COSTS.items():
             parts.append(_front_table(front, key, title, unit))
         if front.left_out:
@@ -241,6 +242,24 @@ def front_section(front: pareto.Front | None, png: Path | None, sweeps: list[dic
         parts.append("<h2>Sweep points that failed</h2>\n<table><thead><tr><th>grid</th><th>experiment</th>"
                      f"<th>values</th><th>status</th><th>reason</th></tr></thead><tbody>{body}</tbody></table>")
     return "\n".join(parts)
+
+
+def _recommendation(front: pareto.Front) -> str:
+    teacher = next((point for point in front.teacher if point.name == f"teacher {FP32}"), None)
+    if teacher is None or front.max_drop_points is None:
+        return ""
+    bound = f"within {front.max_drop_points:g} F1 points ({front.basis}) of the teacher in fp32 ({teacher.f1:.4f})"
+    pick = pareto.recommend(front)
+    if pick is None:
+        best = max(front.points, key=lambda point: point.f1)
+        return (f"<p><b>No experiment is {html.escape(bound)}</b>: the best, {html.escape(best.name)}, is "
+                f"{100 * (teacher.f1 - best.f1):.2f} points below it.</p>")
+    ratios = ", ".join(
+        f"{pareto.quantity(pick.costs[key], unit)} {html.escape(title)} "
+        f"({pick.costs[key] / teacher.costs[key]:.2f}&times; the teacher's)"
+        for key, (title, unit) in pareto.COSTS.items())
+    return (f"<p><b>Recommended: {html.escape(pick.name)}</b> ({html.escape(pick.label)}), the cheapest on CPU p50 "
+            f"{html.escape(bound)}: F1 {pick.f1:.4f} ({100 * (pick.f1 - teacher.f1):+.2f} points), {ratios}.</p>")
 
 
 def _front_table(front: pareto.Front, key: str, title: str, unit: str) -> str:
