@@ -112,10 +112,14 @@ def build(rows: Sequence[tuple[str, dict[str, dict]]]) -> Front | None:
                  fronts=fronts, left_out=left_out, max_drop_points=min(bounds, default=None))
 
 
+def teacher_fp32(front: Front) -> Point | None:
+    return next((point for point in front.teacher if point.name == f"teacher {FP32}"), None)
+
+
 def recommend(front: Front, cost: str = SUMMARY_P50) -> Point | None:
     """The cheapest experiment on `cost` whose F1 is within the gates' drop bound of the teacher's
     (in fp32); None without a bound, a teacher reference or such an experiment. It is on the front."""
-    teacher = next((point for point in front.teacher if point.name == f"teacher {FP32}"), None)
+    teacher = teacher_fp32(front)
     if teacher is None or front.max_drop_points is None:
         return None
     within = [point for point in front.points if 100 * (teacher.f1 - point.f1) <= front.max_drop_points]

@@ -245,7 +245,7 @@ def front_section(front: pareto.Front | None, png: Path | None, sweeps: list[dic
 
 
 def _recommendation(front: pareto.Front) -> str:
-    teacher = next((point for point in front.teacher if point.name == f"teacher {FP32}"), None)
+    teacher = pareto.teacher_fp32(front)
     if teacher is None or front.max_drop_points is None:
         return ""
     bound = f"within {front.max_drop_points:g} F1 points ({front.basis}) of the teacher in fp32 ({teacher.f1:.4f})"
