@@ -9,15 +9,16 @@ left out and named, since the two F1s do not compare.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
-from nerdistill.results import AGREEMENT, FP32, GOLD, INT8, SUMMARY_BYTES, SUMMARY_F1, SUMMARY_P50, f1_path, \
-    lookup, number, summary, variant_path
+from nerdistill.results import AGREEMENT, FP32, GOLD, INT8, SUMMARY_BYTES, SUMMARY_F1, SUMMARY_LATENCY_RATIO, \
+    SUMMARY_P50, SUMMARY_SIZE_RATIO, f1_path, lookup, number, summary, variant_path
 from nerdistill.sweep import NAME_PARTS, point_name
 
 # Each cost a panel of the front is drawn against: its figure key -> (axis title, unit).
 COSTS = {SUMMARY_P50: ("CPU p50 per document", "ms"), SUMMARY_BYTES: ("size on disk", "B")}
+RATIOS = {SUMMARY_P50: SUMMARY_LATENCY_RATIO, SUMMARY_BYTES: SUMMARY_SIZE_RATIO}  # COSTS key -> its summary ratio
 STEP_POINTS = 0.5  # "what each further 0.5 F1 point costs"
 # The gate's param bounding the F1 drop on each basis (`dvc exp show` keeps params, not gate.json's checks).
 DROP_BOUNDS = {GOLD: "max_f1_drop", AGREEMENT: "max_agreement_drop"}
@@ -32,6 +33,9 @@ class Point:
     label: str               # its swept params, short (L3-h25)
     f1: float
     costs: dict[str, float]  # COSTS key -> value
+    # COSTS key -> cost over the teacher's fp32, both from this experiment's own bench (the teacher
+    # points have none): a ratio from one interleaved bench, steadier than one over the median teacher
+    ratios: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,8 @@ def build(rows: Sequence[tuple[str, dict[str, dict]]]) -> Front | None:
             left_out.append(f"{name}: judged on {row_basis}, the front on {basis}")
             continue
         points.append(Point(name=name, label=label(files.get(PARAMS, {})), f1=figures[SUMMARY_F1],
-                            costs={key: figures[key] for key in COSTS}))
+                            costs={key: figures[key] for key in COSTS},
+                            ratios={key: figures[ratio] for key, ratio in RATIOS.items()}))
         bound = (files.get(PARAMS, {}).get("gate") or {}).get(DROP_BOUNDS[basis])
         if isinstance(bound, (int, float)) and not isinstance(bound, bool):
             bounds.append(bound)

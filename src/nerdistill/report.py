@@ -256,7 +256,7 @@ def _recommendation(front: pareto.Front) -> str:
                 f"{100 * (teacher.f1 - best.f1):.2f} points below it.</p>")
     ratios = ", ".join(
         f"{pareto.quantity(pick.costs[key], unit)} {html.escape(title)} "
-        f"({pick.costs[key] / teacher.costs[key]:.2f}&times; the teacher's)"
+        f"({pick.ratios[key]:.2f}&times; the teacher's fp32 in its bench)"
         for key, (title, unit) in pareto.COSTS.items())
     return (f"<p><b>Recommended: {html.escape(pick.name)}</b> ({html.escape(pick.label)}), the cheapest on CPU p50 "
             f"{html.escape(bound)}: F1 {pick.f1:.4f} ({100 * (pick.f1 - teacher.f1):+.2f} points), {ratios}.</p>")
