@@ -248,7 +248,8 @@ def _recommendation(front: pareto.Front) -> str:
     teacher = pareto.teacher_fp32(front)
     if teacher is None or front.max_drop_points is None:
         return ""
-    bound = f"within {front.max_drop_points:g} F1 points ({front.basis}) of the teacher in fp32 ({teacher.f1:.4f})"
+    points = "point" if front.max_drop_points == 1 else "points"
+    bound = f"within {front.max_drop_points:g} F1 {points} ({front.basis}) of the teacher in fp32 ({teacher.f1:.4f})"
     pick = pareto.recommend(front)
     if pick is None:
         best = max(front.points, key=lambda point: point.f1)
