@@ -244,3 +244,23 @@ def test_report_of_a_sweep_keeps_its_points_and_lists_its_failures(toy_repo: tup
     results.write_text("{}", encoding="utf-8")
     with pytest.raises(InputError, match="not a sweep results file"):
         write_report(root, tmp_path / "bad.html", sweeps=(results,))
+
+
+def test_without_a_point_in_the_bound_the_report_says_how_far_the_best_falls_short(tmp_path: Path) -> None:
+    from nerdistill import front
+    from nerdistill.report import front_section
+    from nerdistill.results import SUMMARY_BYTES, SUMMARY_P50
+
+    def point(name: str, f1: float) -> front.Point:
+        return front.Point(name=name, label=name, f1=f1, costs={SUMMARY_P50: 10.0, SUMMARY_BYTES: 1e6},
+                           ratios={SUMMARY_P50: 0.2, SUMMARY_BYTES: 0.1})
+
+    students = [point("L2", 0.70), point("L3", 0.74)]
+    built = front.Front(basis="gold", points=students, teacher=[point("teacher cpu_fp32", 0.7555)],
+                        fronts={SUMMARY_P50: students, SUMMARY_BYTES: students}, left_out=[], max_drop_points=1.0)
+    png = tmp_path / "front.png"
+    png.write_bytes(_png())
+    page = front_section(built, png, [])
+    assert ("<b>No experiment is within 1 F1 point (gold) of the teacher in fp32 (0.7555)</b>: the best, L3, is "
+            "1.55 points below it.") in page
+    assert "Recommended" not in page
