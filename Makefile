@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DEMO_TEACHER := models/demo_teacher
 DEMO_OVERRIDES := -S teacher.model_name=$(abspath $(DEMO_TEACHER)) \
 	-S 'student.num_layers=3' -S 'student.teacher_layers=[1,2,4]' \
-	-S 'distill.layer_map.teacher=[2,4]' -S 'distill.layer_map.student=[2,3]' \
+	-S 'train.layer_map.teacher=[2,4]' -S 'train.layer_map.student=[2,3]' \
 	-S distill.epochs=3 -S distill.learning_rate=0.0005 \
 	-S finetune.epochs=2 -S finetune.learning_rate=0.0003 \
 	-S pruning.num_batches=8 -S bench.repeats=10
@@ -63,9 +63,9 @@ REAL_RUN ?= /tmp/nerdistill-real
 REAL_CORPUS_SENTENCES ?= 2000
 REAL_OVERRIDES := -S teacher.model_name=$(REAL_TEACHER) \
 	-S 'student.num_layers=4' -S 'student.teacher_layers=[1,2,4,6]' \
-	-S 'distill.layer_map.teacher=[2,4,6]' -S 'distill.layer_map.student=[2,3,4]' \
-	-S distill.epochs=2 -S distill.batch_size=32 -S distill.learning_rate=0.0001 \
-	-S finetune.epochs=1 -S finetune.batch_size=32 -S finetune.learning_rate=0.0001 \
+	-S 'train.layer_map.teacher=[2,4,6]' -S 'train.layer_map.student=[2,3,4]' \
+	-S train.batch_size=32 -S distill.epochs=2 -S distill.learning_rate=0.0001 \
+	-S finetune.epochs=1 -S finetune.learning_rate=0.0001 \
 	-S pruning.num_batches=8 -S bench.repeats=10 -S evaluate.gold_path=$(REAL_RUN)-data/gold_test.conll
 
 # real-clone only prepares the scratch clone (the real sweep runs there: sweeps/real.yaml).

@@ -34,14 +34,14 @@ from transformers import CamembertConfig, CamembertForTokenClassification
 
 from nerdistill import benchmark as bm
 from nerdistill import importance, pruning
-from nerdistill.demo import train_tokenizer
+from nerdistill.demo.teacher import train_tokenizer
 from nerdistill.export import export_student
 from nerdistill.io import write_json
 from nerdistill.labels import student_labels
 from nerdistill.modeling import build_student, parameter_count, save_student
 from nerdistill.params import Params
 from nerdistill.params_reader import load_params
-from nerdistill.tagger import load_tagger
+from nerdistill.tagger.load import compared_tagger
 from nerdistill.text import split_words
 from nerdistill.vocab import keep_rows
 
@@ -96,7 +96,7 @@ def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
     export_student(student, tokenizer, work / "student_onnx_fp32", onnx_dir, params.export, f"shape bench {args.shape}")
     teacher_int8_bytes = _int8_bytes(teacher, work / "teacher_int8.pt")
 
-    taggers = {name: load_tagger(str(path), params.teacher, "cpu", args.threads)
+    taggers = {name: compared_tagger(str(path), params.teacher, "cpu", args.threads)
                for name, path in (("teacher_fp32", teacher_dir), ("student_fp32", student_dir),
                                   ("student_int8_onnx", onnx_dir))}
     taggers["teacher_int8"] = bm.quantized(taggers["teacher_fp32"])

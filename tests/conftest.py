@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from nerdistill.demo import build_demo_teacher, random_teacher, train_tokenizer  # noqa: E402
+from nerdistill.demo.teacher import build_demo_teacher, random_teacher, train_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

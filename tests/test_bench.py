@@ -19,7 +19,7 @@ from nerdistill.params import ExportParams
 from nerdistill.params_reader import params_from_dict
 from nerdistill.results import GATE_KEYS, vs_teacher_fp32
 from nerdistill.stages import bench, gate
-from nerdistill.tagger import NerTagger
+from nerdistill.tagger.load import load_tagger
 from nerdistill.teacher import load_teacher
 
 
@@ -145,7 +145,7 @@ def test_percentiles_match_numpy() -> None:
 
 
 def test_quantized_copy_leaves_the_original_in_fp32(student_dir: Path) -> None:
-    tagger = NerTagger.load(student_dir, device="cpu")
+    tagger = load_tagger(student_dir, device="cpu")
     int8 = bm.quantized(tagger)
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in int8.backend.model.modules())
     assert not any(type(m) is nn.Linear for m in int8.backend.model.modules())

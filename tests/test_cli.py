@@ -95,3 +95,37 @@ def test_gate_puts_the_judged_variants_figures_on_the_parent_run(mlflow_workdir)
     assert figures == {"f1": 0.99, "f1_drop_points": 1.0, "doc_p50_ms": 100.0, "disk_bytes": 1e8,
                        "peak_rss_mb": 500.0, "latency_ratio_vs_teacher_fp32": 0.125, "size_ratio_vs_teacher_fp32": 0.25}
     assert parent.data.tags["gate"] == "GO"
+
+
+def test_a_stage_help_edit_reruns_only_that_stage(tmp_path):
+    """Each stage owns its options: editing one stage's help text changes that stage's deps alone
+    (`dvc status`), so a typo fix in prune's help never re-runs the teacher pass or distill."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    for name in ("dvc.yaml", "dvc.lock", "params.yaml"):
+        shutil.copy(repo / name, tmp_path / name)
+    shutil.copytree(repo / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    shutil.copytree(repo / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    shutil.copy(repo / "data" / "raw" / "corpus.txt", tmp_path / "data" / "raw" / "corpus.txt")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    for stage in stages:
+        module = tmp_path / "src" / "nerdistill" / "stages" / f"{stage}.py"
+        text = module.read_text(encoding="utf-8")
+        arguments = text.index("def add_arguments(")
+        edited = re.sub(r'help="', 'help="(edited) ', text[arguments:], count=1)
+        assert edited != text[arguments:], f"{module.name}: add_arguments has no help text to edit"
+        module.write_text(text[:arguments] + edited, encoding="utf-8")
+    dvc = Path(sys.executable).parent / "dvc"
+    status = json.loads(subprocess.run([str(dvc), "status", "--json"], cwd=tmp_path, capture_output=True,
+                                       text=True, check=True).stdout)
+    for stage in stages:
+        changed = {path for entry in status.get(stage, []) if isinstance(entry, dict)
+                   for path in entry.get("changed deps", {}) if path.startswith("src/nerdistill/stages/")}
+        assert changed == {f"src/nerdistill/stages/{stage}.py"}, (stage, changed)

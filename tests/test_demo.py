@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import CamembertForTokenClassification, CamembertTokenizer
 
-from nerdistill.demo import generate, score_teacher, write_corpus
+from nerdistill.demo.corpus import generate, write_corpus
+from nerdistill.demo.teacher import score_teacher
 from nerdistill.demo.corpus import ENTITY_TYPES, GENRES, LONG_LINE_MIN_WORDS, TEMPLATES
 from nerdistill.demo.teacher import EVAL_SEED_OFFSET, TEACHER_LABELS, gold_iob2, word_tags
 

@@ -18,8 +18,8 @@ def test_torchrun_two_processes_train_one_student_tracked_once(tmp_path: Path, d
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "teacher": {"model_name": str(demo_teacher_dir), "max_length": 128, "stride": 32},
         "student": {"num_layers": 2, "teacher_layers": [1, 4], "max_length": 128},
-        "distill": {"epochs": 1, "max_steps": 4, "batch_size": 8, "learning_rate": 5e-4,
-                    "layer_map": {"teacher": [4], "student": [2]}}}))
+        "train": {"batch_size": 8, "layer_map": {"teacher": [4], "student": [2]}},
+        "distill": {"epochs": 1, "max_steps": 4, "learning_rate": 5e-4}}))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("DVC_EXP_NAME", None)

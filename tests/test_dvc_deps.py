@@ -85,17 +85,37 @@ def test_stage_deps_are_the_modules_its_command_imports(stage: str) -> None:
 
 
 def test_closure_sees_function_level_and_relative_imports() -> None:
-    # gate reads nothing heavy; annotate reaches modeling through tagger (the case the issue found).
-    assert "nerdistill.modeling" in command_modules("annotate")
+    assert "nerdistill.tagger.teacher" in command_modules("annotate")  # imported inside a function
     assert "nerdistill.torch" not in command_modules("annotate")
     assert "nerdistill.stages.prune" not in command_modules("distill")
 
 
+def test_stages_depend_only_on_what_they_use() -> None:
+    """An edit to training, pruning or loss code never re-runs the teacher pass; the gate, JSON in and
+    JSON out, re-runs on its own code, the params and the result contract only."""
+    heavy = {"nerdistill.modeling", "nerdistill.pruning", "nerdistill.importance", "nerdistill.losses",
+             "nerdistill.trainer", "nerdistill.tagger.student", "nerdistill.tagger.onnx"}
+    assert not heavy & command_modules("annotate")
+    assert len(code_deps(STAGES["gate"])) <= 9
+    assert "torch" not in {m.split(".")[0] for m in third_party_imports(command_modules("gate"))}
+
+
+def third_party_imports(modules: set[str]) -> set[str]:
+    found: set[str] = set()
+    for name in modules:
+        for node in ast.walk(ast.parse(module_file(name).read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                found.add(node.module or "")
+    return {m for m in found if m.split(".")[0] != "nerdistill"}
+
+
 def test_stage_param_keys_reads_both_dvc_yaml_forms(tmp_path: Path) -> None:
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
-        "prune": {"params": ["base.seed", {"params.yaml": ["pruning", "distill.temperature"]}]},
+        "prune": {"params": ["base.seed", {"params.yaml": ["pruning", "train.temperature"]}]},
         "odd": {"params": [{"other.yaml": ["x"]}]}}}))
-    assert stage_param_keys(tmp_path / "dvc.yaml", "prune") == ("base.seed", "pruning", "distill.temperature")
+    assert stage_param_keys(tmp_path / "dvc.yaml", "prune") == ("base.seed", "pruning", "train.temperature")
     with pytest.raises(ParamsError, match="other.yaml"):
         stage_param_keys(tmp_path / "dvc.yaml", "odd")
     with pytest.raises(ParamsError, match="'gate'"):

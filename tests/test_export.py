@@ -16,12 +16,13 @@ from nerdistill import cli
 from nerdistill.annotated import load_split
 from nerdistill.export import MODEL_FILE, _quantize, load_student
 from nerdistill.io import InputError, read_json
-from nerdistill.modeling import FORBIDDEN, CrfStudent, build_student, save_student
+from nerdistill.crf import FORBIDDEN
+from nerdistill.modeling import CrfStudent, build_student, save_student
 from nerdistill.params import ExportParams
 from nerdistill.params_reader import params_from_dict
 from nerdistill.pruning import prune_ffn, prune_heads
 from nerdistill.stages import export as export_stage
-from nerdistill.tagger import NerTagger
+from nerdistill.tagger.load import load_tagger
 from nerdistill.teacher import load_teacher
 from nerdistill.text import entity_spans, split_words
 
@@ -104,8 +105,8 @@ def test_fp32_export_tags_exactly_like_pytorch(student_dir, fp32_dir, annotated_
     assert not list(fp32_dir.glob("*.pkl")) and not list(fp32_dir.glob("*.bin"))
 
     test_split = [record["tokens"] for record in load_split(annotated_dir / "test.jsonl")]
-    torch_tags = NerTagger.load(student_dir, device="cpu").tag_words(test_split, batch_size=8)
-    onnx_tags = NerTagger.load(fp32_dir).tag_words(test_split, batch_size=8)
+    torch_tags = load_tagger(student_dir, device="cpu").tag_words(test_split, batch_size=8)
+    onnx_tags = load_tagger(fp32_dir).tag_words(test_split, batch_size=8)
     assert len(entity_set(torch_tags)) > 40, "the student should find entities for the comparison to mean anything"
     assert onnx_tags == torch_tags
 
@@ -114,9 +115,9 @@ def test_int8_export_keeps_entities(student_dir, int8_dir, sentences):
     manifest = read_json(int8_dir / "nerdistill_onnx.json")
     assert (manifest["quantization"], manifest["per_channel"], manifest["quantized_ops"]) == \
         ("dynamic-int8", True, ["MatMul", "Gather"])
-    tagger = NerTagger.load(int8_dir)
+    tagger = load_tagger(int8_dir)
     assert tagger.kind == "onnx"
-    reference = entity_set(NerTagger.load(student_dir, device="cpu").tag_words(sentences))
+    reference = entity_set(load_tagger(student_dir, device="cpu").tag_words(sentences))
     quantised = entity_set(tagger.tag_words(sentences))
     agreement = len(reference & quantised) / len(reference)
     logging.getLogger(__name__).info("int8 entity agreement with PyTorch on the annotated phrases: %.4f (%d entities)",
@@ -150,8 +151,8 @@ def test_embeddings_are_int8_unless_told_otherwise(exported, tmp_path):
 def test_onnx_windows_long_lines_like_pytorch(student_dir, fp32_dir, corpus_path):
     text = " ".join(corpus_path.read_text(encoding="utf-8").splitlines()[:15])
     windows = {"max_length": 40, "stride": 12, "batch_size": 4}
-    torch_entities = NerTagger.load(student_dir, device="cpu", **windows)([text])[0]
-    onnx_tagger = NerTagger.load(fp32_dir, **windows)
+    torch_entities = load_tagger(student_dir, device="cpu", **windows)([text])[0]
+    onnx_tagger = load_tagger(fp32_dir, **windows)
     assert len(onnx_tagger.words.windows([w.text for w in split_words(text)])) > 5
     onnx_entities = onnx_tagger([text])[0]
     assert [(e["start"], e["end"], e["type"]) for e in onnx_entities] == \
@@ -171,7 +172,7 @@ def test_crf_file_holds_the_constrained_decoding_weights(fp32_dir):
 
 def test_every_model_kind_gives_the_same_output_format(student_dir, fp32_dir, demo_teacher_dir):
     text = "Le docteur Jean Martin a reçu Mme Durand à l'hôpital Saint-Louis de Paris."
-    outputs = {path.name if isinstance(path, Path) else path: NerTagger.load(path, device="cpu")([text])[0]
+    outputs = {path.name if isinstance(path, Path) else path: load_tagger(path, device="cpu")([text])[0]
                for path in (student_dir, fp32_dir, demo_teacher_dir)}
     for name, entities in outputs.items():
         assert entities, f"{name} found nothing"
@@ -204,4 +205,4 @@ def test_full_vocabulary_through_the_command(student_dir, annotated_dir, mlflow_
     _, tokenizer = load_student(student_dir)
     assert metrics["vocab"] == {"mode": "full", "size": len(tokenizer)}
     assert read_json(mlflow_workdir / "int8" / "nerdistill_onnx.json")["vocab_size"] == len(tokenizer)
-    assert NerTagger.load(mlflow_workdir / "fp32").tag_words([["Marie", "habite", "à", "Lyon", "."]])
+    assert load_tagger(mlflow_workdir / "fp32").tag_words([["Marie", "habite", "à", "Lyon", "."]])

@@ -58,9 +58,9 @@ def test_config_without_model_type_is_one_line_exit_2(mlflow_workdir, caplog, an
 
 
 @pytest.mark.parametrize("section", [{"student": {"num_layers": 2, "teacher_layers": [1, 9]},
-                                      "distill": {"layer_map": {"teacher": [2], "student": [2]}}},
+                                      "train": {"layer_map": {"teacher": [2], "student": [2]}}},
                                      {"student": {"num_layers": 2, "teacher_layers": [1, 2]},
-                                      "distill": {"layer_map": {"teacher": [2, 9], "student": [1, 2]}}}])
+                                      "train": {"layer_map": {"teacher": [2, 9], "student": [1, 2]}}}])
 def test_layers_beyond_the_teacher_fail_before_checkpoints_are_touched(mlflow_workdir, caplog, annotated_dir,
                                                                         demo_teacher_dir, section):
     previous = mlflow_workdir / "ckpt" / "checkpoint-7"
@@ -150,9 +150,9 @@ def test_temp_file_of_a_killed_predict_is_swept_by_the_next(tmp_path, demo_teach
 
 @pytest.fixture(scope="module")
 def teacher_tagger(demo_teacher_dir):
-    from nerdistill.tagger import NerTagger
+    from nerdistill.tagger.load import load_tagger
 
-    return NerTagger.load(demo_teacher_dir, device="cpu")
+    return load_tagger(demo_teacher_dir, device="cpu")
 
 
 def _stdin(monkeypatch, text: str) -> None:
@@ -230,7 +230,8 @@ def test_resume_logs_the_checkpoint(random_teacher_dir, annotated_dir, tmp_path,
 
     params = params_from_dict({"student": {"num_layers": 2, "teacher_layers": [1, 2], "max_length": 128},
                                "teacher": {"max_length": 128, "stride": 32},
-                               "distill": {"epochs": 1, "batch_size": 8, "layer_map": {"teacher": [2], "student": [2]}}})
+                               "train": {"batch_size": 8, "layer_map": {"teacher": [2], "student": [2]}},
+                               "distill": {"epochs": 1}})
     teacher, tokenizer = load_teacher(str(random_teacher_dir))
     data = load_training_data(AnnotatedDir(annotated_dir), tokenizer, 128, 32)
     data.train, data.val = data.train[:16], data.val[:8]
@@ -240,8 +241,10 @@ def test_resume_logs_the_checkpoint(random_teacher_dir, annotated_dir, tmp_path,
 
     def fit(resume):
         student = fresh_student()
-        context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, "distill")
-        train_student(student, teacher, context, data, params.training("distill"), 42, tmp_path / "ckpt", resume)
+        context = DistillContext.build(student.config.id2label, 2, teacher.config.id2label, data.transitions,
+                                       params.train.layer_map.pairs(), params.train.temperature,
+                                       params.distill.curriculum())
+        train_student(student, teacher, context, data, params.train, params.distill, 42, tmp_path / "ckpt", resume)
 
     fit(resume=False)
     caplog.clear()

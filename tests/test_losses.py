@@ -11,10 +11,10 @@ from transformers import CamembertConfig, CamembertForTokenClassification
 
 from nerdistill.labels import (allowed_start, allowed_transition, expected_transition_counts, shared_space,
                                student_labels, transition_prior)
-from nerdistill.losses import (DistillContext, distillation_loss, hidden_loss, kd_loss, phase_weights,
-                               transition_loss)
-from nerdistill.params import Weights
-from nerdistill.modeling import build_student, crf_log_marginals
+from nerdistill.losses import DistillContext, distillation_loss, hidden_loss, kd_loss, transition_loss
+from nerdistill.params import Curriculum, Weights
+from nerdistill.crf import crf_log_marginals
+from nerdistill.modeling import build_student
 from nerdistill.teacher import teacher_forward
 
 TEACHER_LABELS = {0: "O", 1: "I-LOC", 2: "I-PER", 3: "I-MISC", 4: "I-ORG"}
@@ -26,7 +26,7 @@ PRIOR = transition_prior(*expected_transition_counts(
     NAMES, NAMES, []), NAMES)
 LAYER_PAIRS = [(1, 1), (2, 2)]
 
-CURRICULUM = (1, Weights(1.0, 0.5, 0.1, 0.1), Weights(1.0, 1.0, 0.2, 0.2))
+CURRICULUM = Curriculum(1, Weights(1.0, 0.5, 0.1, 0.1), Weights(1.0, 1.0, 0.2, 0.2))
 
 
 def spaces() -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +159,7 @@ def test_hidden_loss_projects_to_the_teacher_width_and_rejects_bad_layers():
     loss = hidden_loss(projected, teacher_states, [(1, 1)], torch.ones(1, 3))
     expected = 1 - F.cosine_similarity(projection(student_states[1]), teacher_states[1], dim=-1).mean()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    with pytest.raises(ValueError, match="distill.layer_map"):
+    with pytest.raises(ValueError, match="train.layer_map"):
         hidden_loss(projected, teacher_states, [(5, 1)], torch.ones(1, 3))
 
 
@@ -181,13 +181,13 @@ def test_transition_loss_is_zero_when_equal_and_mean_squared_over_allowed_moves(
     assert transition_loss(scores, start, end, moves, allowed_first, allowed).item() == pytest.approx(4.0 / 45)
 
 
-def test_phase_weights_switch_on_the_zero_based_epoch():
-    phase1, phase2 = (1.0, 0.5, 0.1, 0.1), (1.0, 1.0, 0.2, 0.2)
-    assert phase_weights(0.0, 1, phase1, phase2) == phase1
-    assert phase_weights(0.99, 1, phase1, phase2) == phase1
-    assert phase_weights(1.0, 1, phase1, phase2) == phase2
-    assert phase_weights(3.5, 2, phase1, phase2) == phase2
-    assert phase_weights(0.0, 0, phase1, phase2) == phase2
+def test_curriculum_weights_switch_on_the_zero_based_epoch():
+    phase1, phase2 = Weights(1.0, 0.5, 0.1, 0.1), Weights(1.0, 1.0, 0.2, 0.2)
+    assert Curriculum(1, phase1, phase2).weights(0.0) == phase1
+    assert Curriculum(1, phase1, phase2).weights(0.99) == phase1
+    assert Curriculum(1, phase1, phase2).weights(1.0) == phase2
+    assert Curriculum(2, phase1, phase2).weights(3.5) == phase2
+    assert Curriculum(0, phase1, phase2).weights(0.0) == phase2
 
 
 def test_crf_nll_is_per_word_and_treats_padding_labels_as_masked(models):
@@ -212,7 +212,7 @@ def test_ce_does_not_grow_with_sentence_length(models):
 def test_distillation_loss_is_the_weighted_sum_of_its_parts(models):
     teacher, student = models
     batch = make_batch()
-    context = DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, LAYER_PAIRS, 2.5, CURRICULUM, "cpu")
+    context = DistillContext.build(student.config.id2label, 2, TEACHER_LABELS, PRIOR, LAYER_PAIRS, 2.5, CURRICULUM)
     weights = Weights(1.0, 0.5, 0.1, 0.2)
     assert context.needs_hidden(weights) and not context.needs_hidden(Weights(1.0, 1.0, 0.0, 0.2))
     teacher_logits, teacher_hidden = teacher_forward(teacher, batch, output_hidden_states=True)
@@ -225,7 +225,7 @@ def test_distillation_loss_is_the_weighted_sum_of_its_parts(models):
     assert all(value > 0 for value in (parts.ce, parts.kd, parts.crf))
     # The student's two layers are copies of the teacher's first two: identical states so far.
     assert parts.hidden.item() == pytest.approx(0.0, abs=1e-5)
-    deeper = DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, [(4, 2)], 2.5, CURRICULUM, "cpu")
+    deeper = DistillContext.build(student.config.id2label, 2, TEACHER_LABELS, PRIOR, [(4, 2)], 2.5, CURRICULUM)
     assert distillation_loss(out, teacher_logits, teacher_hidden, batch, weights, deeper).hidden > 0
     parts.total.backward()
     assert student.crf.transitions.grad is not None and student.emissions.weight.grad is not None
@@ -236,9 +236,10 @@ def test_distillation_loss_is_the_weighted_sum_of_its_parts(models):
 def test_distill_context_rejects_mismatched_labels_and_layers(models):
     _, student = models
     with pytest.raises(ValueError, match="transitions.json labels"):
-        DistillContext.build(student, TEACHER_LABELS, ["MISC"], {**PRIOR, "labels": NAMES[::-1]}, LAYER_PAIRS,
-                             2.5, CURRICULUM, "cpu")
-    with pytest.raises(ValueError, match="distill.layer_map"):
-        DistillContext.build(student, TEACHER_LABELS, ["MISC"], PRIOR, [(2, 3)], 2.5, CURRICULUM, "cpu")
-    with pytest.raises(ValueError):
-        DistillContext.build(student, TEACHER_LABELS, [], PRIOR, LAYER_PAIRS, 2.5, CURRICULUM, "cpu")
+        DistillContext.build(student.config.id2label, 2, TEACHER_LABELS, {**PRIOR, "labels": NAMES[::-1]},
+                             LAYER_PAIRS, 2.5, CURRICULUM)
+    with pytest.raises(ValueError, match="train.layer_map"):
+        DistillContext.build(student.config.id2label, 2, TEACHER_LABELS, PRIOR, [(2, 3)], 2.5, CURRICULUM)
+    with pytest.raises(ValueError):  # a teacher without the student's LOC type: no shared space
+        DistillContext.build(student.config.id2label, 2, {0: "O", 1: "I-PER", 2: "I-ORG"}, PRIOR, LAYER_PAIRS, 2.5,
+                             CURRICULUM)

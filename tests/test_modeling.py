@@ -2,7 +2,6 @@
 exact save/load (pruned shapes included) and the teacher helpers."""
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from transformers import (AutoModel, BertConfig, BertForTokenClassification, Cam
 from torchcrf import CRF
 
 from nerdistill.labels import allowed_start, allowed_transition, student_labels
-from nerdistill.modeling import CrfStudent, StudentConfig, build_student, viterbi
+from nerdistill.modeling import CrfStudent, StudentConfig, build_student
 from nerdistill.teacher import load_teacher, teacher_forward
 from nerdistill.pruning import ffn_sizes, head_counts, prune_ffn, prune_heads
 
@@ -130,40 +129,11 @@ def test_decode_never_breaks_iob2(student):
             assert all(allowed_transition(a, b) for a, b in zip(tags, tags[1:])), tags
 
 
-def test_viterbi_finds_the_best_path_by_brute_force():
-    generator = torch.Generator().manual_seed(3)
-    labels, width = 4, 4
-    emissions = torch.randn(2, width, labels, generator=generator)
-    start, end = torch.randn(labels, generator=generator), torch.randn(labels, generator=generator)
-    transitions = torch.randn(labels, labels, generator=generator)
-    mask = torch.tensor([[True] * 4, [True, True, True, False]])
-    paths = viterbi(emissions, mask, start, end, transitions)
-    for row, length in enumerate([4, 3]):
-        def score(path: tuple[int, ...]) -> float:
-            total = start[path[0]] + end[path[-1]] + sum(emissions[row, t, j] for t, j in enumerate(path))
-            return float(total + sum(transitions[a, b] for a, b in zip(path, path[1:])))
-        best = max(itertools.product(range(labels), repeat=length), key=score)
-        assert paths[row] == list(best)
-
-
 def random_masks(generator: torch.Generator, batch: int, width: int) -> torch.Tensor:
     """(B, W) left-packed masks of lengths 1..W, the longest row full."""
     lengths = torch.randint(1, width + 1, (batch,), generator=generator)
     lengths[0] = width
     return torch.arange(width).expand(batch, -1) < lengths.unsqueeze(1)
-
-
-def test_viterbi_gives_pytorch_crf_paths_on_varied_lengths():
-    for seed in range(20):
-        generator = torch.Generator().manual_seed(seed)
-        crf = CRF(5, batch_first=True)
-        for param in crf.parameters():
-            param.data = torch.randn(param.shape, generator=generator) * 2
-        emissions = torch.randn(6, 9, 5, generator=generator) * 2  # (B, W, L)
-        mask = random_masks(generator, 6, 9)
-        expected = crf.decode(emissions, mask)
-        assert viterbi(emissions, mask, crf.start_transitions.detach(), crf.end_transitions.detach(),
-                       crf.transitions.detach()) == expected
 
 
 def test_constrained_decode_gives_pytorch_crf_paths_with_the_same_constraints(student):
@@ -179,22 +149,6 @@ def test_constrained_decode_gives_pytorch_crf_paths_with_the_same_constraints(st
         emissions = torch.randn(5, 8, len(STUDENT_LABELS), generator=generator) * 3
         mask = random_masks(generator, 5, 8)
         assert student.decode(emissions, mask) == reference.decode(emissions, mask)
-
-
-def test_rows_cut_from_a_line_decode_without_the_cut_edges_scores():
-    generator = torch.Generator().manual_seed(5)
-    emissions = torch.randn(4, 6, 3, generator=generator)
-    mask = random_masks(generator, 4, 6)
-    start, end = torch.randn(3, generator=generator) * 5, torch.randn(3, generator=generator) * 5
-    transitions = torch.randn(3, 3, generator=generator)
-    starts_line = torch.tensor([True, False, True, False])
-    ends_line = torch.tensor([True, True, False, False])
-    got = viterbi(emissions, mask, start, end, transitions, starts_line, ends_line)
-    zero = torch.zeros(3)
-    for row in range(4):
-        alone = viterbi(emissions[row:row + 1], mask[row:row + 1], start if starts_line[row] else zero,
-                        end if ends_line[row] else zero, transitions)
-        assert got[row] == alone[0]
 
 
 def test_continuation_rows_lose_the_crf_start_and_end_scores(student):
@@ -304,16 +258,23 @@ def test_load_teacher_returns_frozen_eval_model(random_teacher_dir: Path):
     assert tokenizer("Paris").input_ids
 
 
-def test_crf_starts_from_the_transition_prior_and_refuses_another_label_set(student):
+def test_crf_starts_from_the_transition_prior_and_refuses_another_shape(student):
     from nerdistill.labels import expected_transition_counts, transition_prior
+    from nerdistill.losses import DistillContext
     from nerdistill.modeling import init_crf_from_prior
+    from nerdistill.params import Curriculum, Weights
 
     names = [STUDENT_LABELS[i] for i in range(len(STUDENT_LABELS))]
     lines = [torch.eye(len(names))[[0, 1, 2, 0]], torch.eye(len(names))[[5, 6, 0]]]  # one-hot teacher distributions
     prior = transition_prior(*expected_transition_counts(lines, names, names, []), names)
-    init_crf_from_prior(student, prior)
+    weights = Weights(1.0, 1.0, 0.0, 0.0)
+    context = DistillContext.build(student.config.id2label, student.config.encoder.num_hidden_layers,
+                                   TEACHER_LABELS, prior, [], 2.0,
+                                   Curriculum(0, weights, weights))
+    init_crf_from_prior(student, context.crf_prior())
     assert student.crf.start_transitions.tolist() == pytest.approx(prior["start"])
     assert student.crf.end_transitions.tolist() == pytest.approx(prior["end"])
     assert student.crf.transitions.tolist() == [pytest.approx(row) for row in prior["transitions"]]
-    with pytest.raises(ValueError, match="transitions.json labels .* re-run annotate"):
-        init_crf_from_prior(student, {**prior, "labels": names[::-1]})
+    start, end, moves = context.crf_prior()
+    with pytest.raises(ValueError, match="'transitions' has shape .* re-run annotate"):
+        init_crf_from_prior(student, (start, end, moves[:-1]))

@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from nerdistill.params import ParamsError
+from nerdistill.params_reader import flat as params_flat
 from nerdistill.params_reader import load_params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,18 +15,18 @@ def test_shipped_params_are_the_seeds_configuration():
     params = load_params(REPO / "params.yaml")
     assert params.teacher.model_name == "Jean-Baptiste/camembert-ner"
     assert params.student.num_layers == 10
-    assert params.distill.temperature == 2.5
+    assert params.train.temperature == 2.5
     assert params.pruning.ratio == 0.25 and params.pruning.ffn_ratio == 0.5
     assert (params.distill.epochs, params.finetune.epochs) == (10, 2)
-    assert params.distill.batch_size == 16 and params.distill.learning_rate == 2e-5
-    assert params.distill.layer_map.pairs() == [(2, 2), (4, 3), (6, 5), (8, 7), (10, 9), (12, 10)]
+    assert params.train.batch_size == 16 and params.distill.learning_rate == 2e-5
+    assert params.train.layer_map.pairs() == [(2, 2), (4, 3), (6, 5), (8, 7), (10, 9), (12, 10)]
     assert (params.student.vocab, params.gate.variant) == ("full", "onnx_int8")
     assert params.export.per_channel and params.export.quantize_embeddings
 
 
 def test_every_student_layer_in_the_layer_map_starts_from_its_teacher_layer():
     params = load_params(REPO / "params.yaml")
-    for teacher_layer, student_layer in params.distill.layer_map.pairs():
+    for teacher_layer, student_layer in params.train.layer_map.pairs():
         assert params.student.teacher_layers[student_layer - 1] == teacher_layer
 
 
@@ -35,8 +36,14 @@ def test_every_student_layer_in_the_layer_map_starts_from_its_teacher_layer():
     ({"pruning": {"ffn_ratio": 1.0}}, "pruning.ffn_ratio"),
     ({"pruning": {"ffn_ratio": -0.5}}, "pruning.ffn_ratio"),
     ({"distill": {"epochs": 0}}, "distill.epochs"),
-    ({"distill": {"temperature": "hot"}}, "distill.temperature"),
-    ({"distill": {"layer_map": {"teacher": [2, 4], "student": [2]}}}, "distill.layer_map"),
+    ({"train": {"temperature": "hot"}}, "train.temperature"),
+    ({"train": {"temperature": 0.0}}, "train.temperature"),
+    ({"train": {"batch_size": 0}}, "train.batch_size"),
+    ({"train": {"layer_map": {"teacher": [2, 4], "student": [2]}}}, "train.layer_map"),
+    ({"train": {"layer_map": {"teacher": [2], "student": [11]}}}, "train.layer_map.student"),
+    ({"train": {"crf_lr_multiplier": 1e5}}, "train.crf_lr_multiplier"),
+    ({"finetune": {"batch_size": 16}}, "finetune.batch_size"),
+    ({"distill": {"temperature": 2.5}}, "distill.temperature"),
     ({"pruning": {"scope": "random"}}, "pruning.scope"),
     ({"pruning": {"ratoi": 0.2}}, "pruning.ratoi"),
     ({"student": {"num_layers": 4}}, "student.teacher_layers"),
@@ -71,10 +78,12 @@ def test_student_vocab_is_checked_in_code_too():
         StudentParams(vocab="Corpus").validate("student")
 
 
-@pytest.mark.parametrize(("variant", "judged"), [("onnx_int8", ("onnx_int8", None)),
-                                                 ("final:cpu_int8", ("final", "cpu_int8"))])
-def test_gate_variant_names_a_model_and_optionally_its_variant(variant, judged):
-    assert params_from_dict({"gate": {"variant": variant}}).gate.judged() == judged
+def test_finetune_reads_no_distill_key():
+    """finetune's settings come from train: and finetune: alone, so a distill edit cannot change them."""
+    base, changed = params_from_dict({}), params_from_dict({"distill": {"epochs": 3, "learning_rate": 1e-4}})
+    assert (changed.train, changed.finetune) == (base.train, base.finetune)
+    assert base.finetune.curriculum().weights(0.0) == base.finetune.weights
+    assert base.distill.curriculum().weights(0.0) == base.distill.phase1_weights
 
 
 def test_load_params_names_the_file(tmp_path):
@@ -87,9 +96,9 @@ def test_load_params_names_the_file(tmp_path):
 
 
 def test_flat_keys_match_dvc_set_syntax():
-    flat = params_from_dict({}).flat()
+    flat = params_flat(params_from_dict({}))
     assert flat["pruning.ratio"] == 0.25
-    assert flat["distill.layer_map.teacher"] == [2, 4, 6, 8, 10, 12]
+    assert flat["train.layer_map.teacher"] == [2, 4, 6, 8, 10, 12]
 
 
 def test_floats_without_a_dot_are_numbers(tmp_path):

@@ -55,7 +55,8 @@ class Pipeline:
 def _tiny_profile(params: dict, teacher_dir: Path) -> dict:
     params["teacher"].update(model_name=str(teacher_dir), max_length=128, stride=32, batch_size=16)
     params["student"].update(num_layers=3, teacher_layers=[1, 2, 4], max_length=128)
-    params["distill"].update(epochs=1, learning_rate=5e-4, layer_map={"teacher": [2, 4], "student": [2, 3]})
+    params["train"].update(layer_map={"teacher": [2, 4], "student": [2, 3]})
+    params["distill"].update(epochs=1, learning_rate=5e-4)
     params["finetune"].update(epochs=1, learning_rate=3e-4)
     params["pruning"].update(num_batches=2)
     # int8 adds two quantised variants and two fresh measuring processes: bench's own tests cover it.

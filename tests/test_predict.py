@@ -15,7 +15,8 @@ from transformers import AutoTokenizer
 from nerdistill.io import InputError
 from nerdistill.model_folders import model_kind
 from nerdistill.streaming import predict_stream
-from nerdistill.tagger import NerTagger, WindowOutput
+from nerdistill.tagger.core import NerTagger, WindowOutput
+from nerdistill.tagger.load import load_tagger
 from nerdistill.text import drop_types, iob1_to_iob2, is_valid_iob2, split_words
 
 ENTITY_KEYS = {"text", "type", "start", "end", "token_start", "token_end", "score"}
@@ -23,7 +24,7 @@ ENTITY_KEYS = {"text", "type", "start", "end", "token_start", "token_end", "scor
 
 @pytest.fixture(scope="module")
 def teacher_tagger(demo_teacher_dir: Path) -> NerTagger:
-    return NerTagger.load(demo_teacher_dir, device="cpu")
+    return load_tagger(demo_teacher_dir, device="cpu")
 
 
 def assert_entities_index_the_text(text: str, entities: list[dict]) -> None:
@@ -123,7 +124,7 @@ def test_long_line_runs_in_bounded_batches(demo_teacher_dir, corpus_path):
         count += len(split_words(line))
         if count >= 20_000:
             break
-    tagger = NerTagger.load(demo_teacher_dir, device="cpu", max_length=128, stride=32, batch_size=16)
+    tagger = load_tagger(demo_teacher_dir, device="cpu", max_length=128, stride=32, batch_size=16)
     calls: list[int] = []
     predict = tagger.backend.predict
     tagger.backend.predict = lambda batch: calls.append(batch["input_ids"].size(0)) or predict(batch)
@@ -152,7 +153,7 @@ def test_tag_words_gives_iob2_per_word_and_drops_types_on_request(teacher_tagger
     assert all(not tag.endswith(("PER", "MISC")) for t in dropped for tag in t)
     assert any(tag != "O" for t in dropped for tag in t)
     assert "B-MISC" in teacher_tagger.labels  # the teacher reports every type it has by default
-    assert NerTagger.load(demo_teacher_dir, drop_types=["MISC"]).labels == [
+    assert load_tagger(demo_teacher_dir, drop_types=["MISC"]).labels == [
         "O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 
 
@@ -165,20 +166,20 @@ def test_model_folder_errors_name_what_is_missing(tmp_path, demo_teacher_dir):
     student.mkdir()
     (student / "config.json").write_text(json.dumps({"model_type": "nerdistill-crf-student"}))
     with pytest.raises(InputError, match=r"missing model\.safetensors, tokenizer_config\.json"):
-        NerTagger.load(student)
+        load_tagger(student)
     onnx = tmp_path / "onnx"
     onnx.mkdir()
     (onnx / "nerdistill_onnx.json").write_text(json.dumps({"model_file": "model.onnx"}))
     with pytest.raises(InputError, match=r"missing model\.onnx, crf\.json"):
-        NerTagger.load(onnx)
+        load_tagger(onnx)
     assert model_kind(demo_teacher_dir) == ("teacher", demo_teacher_dir)
     assert model_kind("Jean-Baptiste/camembert-ner")[0] == "teacher"
 
 
 def test_window_settings_are_checked_against_the_model(demo_teacher_dir):
     with pytest.raises(InputError, match="takes windows of 8 to 512 sub-tokens"):
-        NerTagger.load(demo_teacher_dir, max_length=600)
-    tagger = NerTagger.load(demo_teacher_dir, max_length=64)
+        load_tagger(demo_teacher_dir, max_length=600)
+    tagger = load_tagger(demo_teacher_dir, max_length=64)
     assert (tagger.max_length, tagger.stride) == (64, 16)
 
 

@@ -27,7 +27,7 @@ def _params(teacher_dir: Path, ratio: float, scope: str = "per_layer", ffn_ratio
     return params_from_dict({
         "teacher": {"model_name": str(teacher_dir), "max_length": 64, "stride": 16},
         "student": {"num_layers": 2, "teacher_layers": TEACHER_LAYERS, "max_length": 64},
-        "distill": {"layer_map": {"teacher": TEACHER_LAYERS, "student": [1, 2]}},
+        "train": {"layer_map": {"teacher": TEACHER_LAYERS, "student": [1, 2]}},
         "pruning": {"ratio": ratio, "ffn_ratio": ffn_ratio, "scope": scope, "num_batches": 2, "batch_size": 8},
     })
 

@@ -17,7 +17,8 @@ import pytest
 
 from nerdistill import cli
 from nerdistill.io import InputError
-from nerdistill.report import METRIC_COLUMNS, Row, cell, write_report
+from nerdistill.experiment_table import METRIC_COLUMNS, Row, cell
+from nerdistill.report import write_report
 
 # Metrics shaped like evaluate/bench/gate's, derived from pruning.ratio so an experiment changes them.
 TOY_STAGE = '''
@@ -73,7 +74,7 @@ def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     root.mkdir()
     (root / "toy.py").write_text(TOY_STAGE, encoding="utf-8")
     (root / "dvc.yaml").write_text(DVC_YAML, encoding="utf-8")
-    (root / "params.yaml").write_text("pruning: {ratio: 0.25, scope: per_layer}\ndistill: {temperature: 2.5}\n"
+    (root / "params.yaml").write_text("pruning: {ratio: 0.25, scope: per_layer}\ntrain: {temperature: 2.5}\n"
                                       "student: {num_layers: 3}\ngate: {max_f1_drop: 1.0, max_agreement_drop: 5.0}\n",
                                       encoding="utf-8")
     _run(root, "git", "init", "-q", "-b", "main")
@@ -149,7 +150,7 @@ def test_report_compares_workspace_baseline_and_experiment(toy_repo: tuple[Path,
 
     baseline, experiment = rows["main"], rows[exp_name]
     assert baseline["pruning.ratio"] == ("0.25", "") and experiment["pruning.ratio"] == ("0.5", "changed")
-    assert experiment["distill.temperature"] == ("2.5", "")  # unchanged: not flagged
+    assert experiment["train.temperature"] == ("2.5", "")  # unchanged: not flagged
     assert baseline["p50 fp32 (ms)"][0] == "25.0" and experiment["p50 fp32 (ms)"][0] == "50.0"
     assert experiment["p50 int8 (ms)"][0] == "25.0"
     assert experiment["agreement F1"][0] == "0.9500"

@@ -55,7 +55,7 @@ def test_a_missing_grid_file_points_at_the_example(tmp_path: Path) -> None:
     ("base: {distill: {epochs: 2}}\ngrid: {pruning.ratio: [0.25]}\n", {}, "base key 'distill' is not"),
     ("base: {student.teacher_layers: [1, 2]}\ngrid: {pruning.ratio: [0.25]}\n", {},
      "base sets student.teacher_layers, which the sweep derives"),
-    ("grid: {pruning.ratio: [0.25]}\n", {"distill.layer_map.student": [2]}, "-S sets distill.layer_map.student"),
+    ("grid: {pruning.ratio: [0.25]}\n", {"train.layer_map.student": [2]}, "-S sets train.layer_map.student"),
     ("grid: {pruning.ratio: [0.25]}\n", {"pruning.ratio": 0.5}, "-S pruning.ratio overrides a key the grid sweeps"),
 ])
 def test_keys_must_be_params_the_sweep_may_set(tmp_path: Path, text: str, extra: dict, message: str) -> None:
@@ -90,11 +90,11 @@ def test_expand_is_the_cartesian_product_last_key_fastest(tmp_path: Path) -> Non
 ])
 def test_derived_layers_spread_over_the_teacher(num_layers, depth, copied, teacher, student) -> None:
     derived = sweep.derive_layers(num_layers, depth)
-    assert derived == {"student.teacher_layers": copied, "distill.layer_map.teacher": teacher,
-                       "distill.layer_map.student": student}
+    assert derived == {"student.teacher_layers": copied, "train.layer_map.teacher": teacher,
+                       "train.layer_map.student": student}
     # What the pipeline checks: a valid student for this teacher.
     params_from_dict({"student": {"num_layers": num_layers, "teacher_layers": copied},
-                      "distill": {"layer_map": {"teacher": teacher, "student": student}}})
+                      "train": {"layer_map": {"teacher": teacher, "student": student}}})
 
 
 @pytest.mark.parametrize("num_layers", [0, 5, "3", True])
@@ -107,7 +107,7 @@ def test_point_names_are_short_and_ordered_the_same_way() -> None:
     assert sweep.point_name({"pruning.ratio": 0.25, "student.num_layers": 3}) == "L3-h25"
     assert sweep.point_name({"student.vocab": "corpus", "pruning.ffn_ratio": 0.5, "pruning.ratio": 0.125,
                              "student.num_layers": 3}) == "L3-h12.5-f50-corpus"
-    assert sweep.point_name({"distill.temperature": 3.0, "distill.phase1_weights": [1, 0.5, 0, 0]}) == \
+    assert sweep.point_name({"train.temperature": 3.0, "distill.phase1_weights": [1, 0.5, 0, 0]}) == \
         "temperature3.0-phase1_weights_1_0.5_0_0_"
 
 
@@ -126,8 +126,8 @@ def test_plan_derives_layers_and_makes_local_paths_absolute(tmp_path: Path) -> N
     assert good.name == "L2-h50" and not good.error
     assert good.overrides == {"teacher.model_name": str((tmp_path / "teachers" / "small").resolve()),
                               "distill.epochs": 2, "bench.repeats": 3, "student.num_layers": 2, "pruning.ratio": 0.5,
-                              "student.teacher_layers": [1, 4], "distill.layer_map.teacher": [4],
-                              "distill.layer_map.student": [2]}
+                              "student.teacher_layers": [1, 4], "train.layer_map.teacher": [4],
+                              "train.layer_map.student": [2]}
     assert good.params.student.teacher_layers == (1, 4) and good.params.distill.epochs == 2
     assert good.argv()[:6] == ["dvc", "exp", "run", "--queue", "-n", "L2-h50"]
     assert "student.teacher_layers=[1,4]" in good.argv() and "bench.repeats=3" in good.argv()
@@ -172,7 +172,7 @@ def test_waves_run_annotate_once_and_distill_once_per_depth(tmp_path: Path) -> N
     # Pruning only: one distill for all, so one point, then the rest together.
     assert _waves(tmp_path, "grid: {pruning.ratio: [0.1, 0.25, 0.5]}\n") == [["h10"], ["h25", "h50"]]
     # A distill param is a distill input as the depth is: every other point has its own distill.
-    assert _waves(tmp_path, "grid: {distill.temperature: [2.0, 3.0], student.num_layers: [2, 3]}\n") == \
+    assert _waves(tmp_path, "grid: {train.temperature: [2.0, 3.0], student.num_layers: [2, 3]}\n") == \
         [["L2-temperature2.0"], ["L3-temperature2.0", "L2-temperature3.0", "L3-temperature3.0"]]
 
 

@@ -104,8 +104,8 @@ def test_run_name_says_what_differs_from_the_shipped_params(mlflow_workdir, monk
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"], check=True)
     commit = tracking.git_commit()[:7]
     assert tracking.run_name(params_from_dict({})) == f"trial@{commit} (shipped params)"
-    changed = params_from_dict({"pruning": {"ratio": 0.5}, "distill": {"temperature": 3.0}})
-    assert tracking.run_name(changed) == f"trial@{commit} distill.temperature=3.0 pruning.ratio=0.5"
+    changed = params_from_dict({"pruning": {"ratio": 0.5}, "train": {"temperature": 3.0}})
+    assert tracking.run_name(changed) == f"trial@{commit} pruning.ratio=0.5 train.temperature=3.0"
     monkeypatch.setenv("DVC_EXP_NAME", "sunny-pike")
     assert tracking.run_name(changed) == "sunny-pike"
 

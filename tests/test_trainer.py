@@ -10,7 +10,7 @@ from nerdistill.data import load_training_data
 from nerdistill.losses import DistillContext
 from nerdistill.modeling import build_student
 from nerdistill.teacher import load_teacher
-from nerdistill.params import DistillParams, Weights
+from nerdistill.params import Schedule, TrainParams, Weights
 from nerdistill.params_reader import params_from_dict
 from nerdistill.trainer import DistillTrainer, TrainingDivergedError, train_student, training_arguments
 from nerdistill.training_history import epoch_history
@@ -18,8 +18,8 @@ from nerdistill.training_history import epoch_history
 TINY = {
     "student": {"num_layers": 2, "teacher_layers": [1, 2], "max_length": 128},
     "teacher": {"max_length": 128, "stride": 32},
-    "distill": {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "warmup_ratio": 0.0,
-                "layer_map": {"teacher": [2], "student": [2]}, "phase1_epochs": 1},
+    "train": {"batch_size": 8, "warmup_ratio": 0.0, "layer_map": {"teacher": [2], "student": [2]}},
+    "distill": {"epochs": 2, "learning_rate": 1e-3, "phase1_epochs": 1},
 }
 
 
@@ -33,11 +33,17 @@ def _setup(teacher_dir, data_dir, overrides=None):
 
 
 def _fit(student, teacher, data, params, checkpoint_dir, weights=None):
-    context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, "distill")
+    context = _context(student, teacher, data, params)
     if weights is not None:
         context.weights = weights
-    return train_student(student, teacher, context, data, params.training("distill"), params.base.seed,
+    return train_student(student, teacher, context, data, params.train, params.distill, params.base.seed,
                          checkpoint_dir, resume=False)
+
+
+def _context(student, teacher, data, params):
+    return DistillContext.build(student.config.id2label, student.config.encoder.num_hidden_layers,
+                                teacher.config.id2label, data.transitions, params.train.layer_map.pairs(),
+                                params.train.temperature, params.distill.curriculum())
 
 
 def _subset(data, n_train, n_val):
@@ -46,7 +52,7 @@ def _subset(data, n_train, n_val):
 
 
 def test_schedule_is_sized_in_optimizer_steps_not_batches(random_teacher_dir, annotated_dir, tmp_path):
-    overrides = {"distill": {**TINY["distill"], "gradient_accumulation_steps": 3}}
+    overrides = {"train": {**TINY["train"], "gradient_accumulation_steps": 3}}
     params, teacher, data, student = _setup(random_teacher_dir, annotated_dir, overrides)
     data = _subset(data, 40, 8)  # 5 batches of 8 per epoch -> ceil(5 / 3) = 2 optimizer steps per epoch
     _, result = _fit(student, teacher, data, params, tmp_path / "ckpt")
@@ -83,13 +89,13 @@ def test_crf_scores_learn_at_their_own_rate(random_teacher_dir, annotated_dir, t
 
 def test_teacher_runs_under_the_trainers_autocast(random_teacher_dir, annotated_dir, tmp_path):
     params, teacher, data, student = _setup(random_teacher_dir, annotated_dir)
-    context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, "distill")
+    context = _context(student, teacher, data, params)
     batch = data.collator(data.train[:4])
     dtypes = []
     teacher.register_forward_hook(lambda module, args, out: dtypes.append(out.logits.dtype))
     for precision in ("fp32", "bf16"):
-        settings = DistillParams(batch_size=4, precision=precision)
-        trainer = DistillTrainer(model=student, args=training_arguments(settings, 0, tmp_path / precision),
+        settings = TrainParams(batch_size=4, precision=precision)
+        trainer = DistillTrainer(model=student, args=training_arguments(settings, Schedule(), 0, tmp_path / precision),
                                  eval_dataset=data.val, teacher=teacher, context=context, max_nonfinite_steps=0,
                                  crf_lr_multiplier=1.0)
         trainer.compute_loss(student, batch)
@@ -97,7 +103,7 @@ def test_teacher_runs_under_the_trainers_autocast(random_teacher_dir, annotated_
 
 
 def test_nonfinite_losses_are_skipped_then_stop_training(random_teacher_dir, annotated_dir, tmp_path, monkeypatch):
-    overrides = {"distill": {**TINY["distill"], "max_nonfinite_steps": 1}}
+    overrides = {"train": {**TINY["train"], "max_nonfinite_steps": 1}}
     params, teacher, data, student = _setup(random_teacher_dir, annotated_dir, overrides)
     data = _subset(data, 32, 8)
     with torch.no_grad():
@@ -131,8 +137,8 @@ def test_distill_stage_end_to_end_on_the_demo_teacher(demo_teacher_dir, annotate
     params = params_from_dict({**TINY, "teacher": {"model_name": str(demo_teacher_dir), "max_length": 128,
                                                    "stride": 32},
                                "student": {"num_layers": 3, "teacher_layers": [1, 2, 4], "max_length": 128},
-                               "distill": {**TINY["distill"], "epochs": 3, "layer_map":
-                                           {"teacher": [2, 4], "student": [2, 3]}}})
+                               "train": {**TINY["train"], "layer_map": {"teacher": [2, 4], "student": [2, 3]}},
+                               "distill": {**TINY["distill"], "epochs": 3}})
     out = tmp_path / "student"
     metrics = distill.run(params, data_dir=annotated_dir, out_dir=out, history_csv=tmp_path / "h.csv",
                           components_csv=tmp_path / "c.csv", plot_png=tmp_path / "h.png",
@@ -153,7 +159,8 @@ def test_distill_stage_end_to_end_on_the_demo_teacher(demo_teacher_dir, annotate
 
 def test_six_layer_teacher_distils_into_four_layers(teacher6_dir, annotated_dir, tmp_path):
     overrides = {"student": {"num_layers": 4, "teacher_layers": [1, 3, 5, 6], "max_length": 128},
-                 "distill": {**TINY["distill"], "epochs": 1, "layer_map": {"teacher": [3, 6], "student": [2, 4]}}}
+                 "train": {**TINY["train"], "layer_map": {"teacher": [3, 6], "student": [2, 4]}},
+                 "distill": {**TINY["distill"], "epochs": 1}}
     params, teacher, data, student = _setup(teacher6_dir, annotated_dir, overrides)
     assert student.config.encoder.num_hidden_layers == 4 and student.config.encoder.hidden_size == 48
     data = _subset(data, 16, 8)

@@ -1,16 +1,5 @@
-"""nerdistill: distil, prune and gate a French NER transformer into a small CRF student."""
-from __future__ import annotations
+"""nerdistill: distil, prune and gate a French NER transformer into a small CRF student.
 
-from typing import Any
-
-__all__ = ["NerTagger"]
-__version__ = "0.1.0"
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy, so `nerdistill --help` and the light stages do not import torch and transformers.
-    if name == "NerTagger":
-        from nerdistill.tagger import NerTagger
-
-        return NerTagger
-    raise AttributeError(f"module 'nerdistill' has no attribute {name!r}")
+The package imports nothing, so each pipeline stage depends only on the modules it uses. The
+public API is named by module path: `from nerdistill.tagger.load import load_tagger` (README).
+"""

@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from nerdistill.modeling import parameter_count as module_parameters
 from nerdistill.results import INT8
-from nerdistill.tagger import NerTagger
+from nerdistill.tagger.core import NerTagger
+from nerdistill.tagger.load import load_tagger
 K = TypeVar("K", bound=Hashable)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx_data", ".pt")
 
@@ -206,8 +207,8 @@ def _measure(request: dict) -> dict[str, float]:
     imported = _peak_rss_mb()
     workloads = Workloads(**request["workloads"])
     max_length, stride = request["window"]
-    tagger = NerTagger.load(request["path"], device="cpu", max_length=max_length, stride=stride,
-                            threads=request["threads"])
+    tagger = load_tagger(request["path"], device="cpu", max_length=max_length, stride=stride,
+                         threads=request["threads"])
     if request["variant"] == INT8:
         _quantize(tagger.backend.model, inplace=True)
         gc.collect()

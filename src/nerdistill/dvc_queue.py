@@ -10,6 +10,7 @@ the sweep; the results file (`sweep.RESULTS_DIR`) records every point, rewritten
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -25,7 +26,8 @@ from typing import Any, Callable, Hashable
 from nerdistill import sweep, tracking
 from nerdistill.io import InputError, write_json
 from nerdistill.params import Params
-from nerdistill.params_reader import parse_override, stage_param_keys
+from nerdistill.params_reader import parse_override, select, stage_param_keys
+from nerdistill.report import write_report
 from nerdistill.teacher import teacher_config
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def _cumulative_keys(dvc_yaml: Path) -> list[tuple[str, ...]]:
 
 
 def _signature(keys: tuple[str, ...]) -> Callable[[sweep.Point], Hashable]:
-    return lambda point: json.dumps(point.params.select(keys), sort_keys=True, default=str)
+    return lambda point: json.dumps(select(point.params, keys), sort_keys=True, default=str)
 
 
 def run_sweep(grid_path: Path, params: Params, extra: list[str], root: Path, jobs: int | None,
@@ -190,3 +192,27 @@ def failure_reason(log_text: str) -> str:
     reason = errors[-1] if errors else (lines[failed] if failed < len(lines) else (lines[-1] if lines else "no log"))
     reason = re.sub(r"^\S*\s*ERROR\s+nerdistill[\w.]*:\s*", "", reason)
     return f"{stage.group(1)}: {reason}" if stage and errors else reason
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Prints each `dvc exp run --queue` line, runs them in waves so that annotate runs once and "
+                     "distill once per depth (the others come from DVC's run-cache), and goes on past a failed point. "
+                     "Results: sweeps/results/<grid>.json; page: reports/sweep-<grid>.html. Exit status 1 when a "
+                     "point failed or was invalid. See README, Sweep.")
+    parser.add_argument("--grid", type=Path, required=True, help="grid file, e.g. sweeps/demo.yaml")
+    parser.add_argument("--jobs", "-j", type=int, help="experiments at a time (default: the grid's jobs, else the "
+                        "CPU count)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and the waves, queue nothing")
+    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every point, after the grid's base (repeatable)")
+    parser.add_argument("--results", type=Path, help="results file (default: sweeps/results/<grid>.json)")
+    parser.add_argument("--report", type=Path, help="report page (default: reports/sweep-<grid>.html)")
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
+    results_path = args.results or sweep.RESULTS_DIR / f"{args.grid.stem}.json"
+    results = run_sweep(args.grid, params, args.set_param, Path.cwd(), args.jobs, results_path, args.dry_run)
+    if args.dry_run:
+        return 0
+    write_report(Path.cwd(), args.report or Path("reports") / f"sweep-{args.grid.stem}.html", sweeps=(results_path,))
+    return 0 if all(point["status"] == sweep.SUCCESS for point in results["points"]) else 1

@@ -3,7 +3,7 @@
 The graph takes `input_ids`, `attention_mask` (B, T) and `word_index` (B, W) and returns
 `emissions` (B, W, L), every axis dynamic. Viterbi stays outside the graph (a data-dependent loop
 that ONNX expresses badly): `crf.json` holds the decoding weights with the IOB2 constraints already
-applied, exactly those `CrfStudent.decode` uses, and `NerTagger.load(out_dir)` runs the same
+applied, exactly those `CrfStudent.decode` uses, and `tagger.load.load_tagger(out_dir)` runs the same
 Viterbi on onnxruntime's emissions. A pruned student exports with its uneven per-layer head counts
 because it is loaded through `CrfStudent.from_pretrained`, which rebuilds them.
 
@@ -205,7 +205,7 @@ def _write_crf(student: CrfStudent, path: Path) -> None:
     start, end, transitions = student.constrained_transitions()
     write_json(path, {
         "labels": ordered_labels(student.config.id2label),
-        "constraints": "IOB2: start -> I-X and X -> I-Y (Y != X's type) already set to modeling.FORBIDDEN",
+        "constraints": "IOB2: start -> I-X and X -> I-Y (Y != X's type) already set to crf.FORBIDDEN",
         "start": start.tolist(), "end": end.tolist(), "transitions": transitions.tolist()})
 
 

@@ -8,7 +8,8 @@
   2019, "Are Sixteen Heads Really Better than One?", for heads; the same grad x activation
   score for neurons): |sum over tokens of grad x activation| of each unit's output, summed over
   batches and L2-normalised per layer.
-- `select_heads` / `select_neurons` turn scores into the units to keep, with one rounding rule.
+- `select_heads` / `select_neurons` turn scores into the units to keep, with one rounding rule;
+  `select` does both, and `scores_json` is what the importance JSON holds.
 
 Indices refer to the heads and neurons each layer has now (see `pruning`).
 """
@@ -146,6 +147,22 @@ def _normalise_per_layer(total: torch.Tensor, counts: list[int]) -> torch.Tensor
     return importance
 
 
+class Selection(NamedTuple):
+    """The heads and FFN neurons to keep per layer (current indices) and the report of each selection."""
+
+    heads: dict[int, list[int]]
+    neurons: dict[int, list[int]]
+    heads_report: dict[str, Any]
+    ffn_report: dict[str, Any]
+
+
+def select(scores: Importance, ratio: float, ffn_ratio: float, scope: Scope = "per_layer") -> Selection:
+    """`select_heads` at `ratio` and `select_neurons` at `ffn_ratio`, both in `scope`."""
+    heads, heads_report = select_heads(scores.heads, ratio, scope)
+    neurons, ffn_report = select_neurons(scores.neurons, ffn_ratio, scope)
+    return Selection(heads, neurons, heads_report, ffn_report)
+
+
 def select_heads(importance: torch.Tensor, ratio: float,
                  scope: Scope = "per_layer") -> tuple[dict[int, list[int]], dict[str, Any]]:
     """Heads to keep per layer and a report; a layer always keeps its most important head."""
@@ -238,3 +255,18 @@ def layer_summary(importance: torch.Tensor, keep: Mapping[int, list[int]],
             "lowest_kept": min((scores[index] for index in kept), default=None),
         })
     return summary
+
+
+def scores_json(scores: Importance, selection: Selection, original_heads: list[list[int]],
+                batches: int) -> dict[str, Any]:
+    """The importance JSON: every head's score (layers x current heads), the original numbers of
+    those heads, and a per-layer summary of the FFN neurons' scores (`layer_summary`)."""
+    return {"normalisation": "L2 per layer", "batches": batches,
+            "layers": [[_finite_or_none(v) for v in row] for row in scores.heads.tolist()],
+            "original_heads": original_heads,
+            "ffn": layer_summary(scores.neurons, selection.neurons)}
+
+
+def _finite_or_none(value: float) -> float | None:
+    # JSON has no NaN: heads a layer lacks (after an uneven pruning) are written as null.
+    return None if value != value else value

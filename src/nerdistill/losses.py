@@ -22,14 +22,15 @@ Each term is a mean on one scale, so a weight means what it says:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from nerdistill import labels
-from nerdistill.modeling import CrfStudent, StudentOutput, crf_log_marginals
-from nerdistill.params import Params, Weights
+from nerdistill.crf import crf_log_marginals
+from nerdistill.modeling import StudentOutput
+from nerdistill.params import Curriculum, Weights
 
 
 # Probabilities are clamped before the log: the shared-space sums are exact zeros only
@@ -71,7 +72,7 @@ def hidden_loss(student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[
     """
     for teacher_layer, student_layer in pairs:
         if not (0 <= teacher_layer < len(teacher_hidden) and 0 <= student_layer < len(student_hidden)):
-            raise ValueError(f"distill.layer_map pair (teacher {teacher_layer}, student {student_layer}) is out of "
+            raise ValueError(f"train.layer_map pair (teacher {teacher_layer}, student {student_layer}) is out of "
                              f"range: the teacher has {len(teacher_hidden) - 1} layers and the student "
                              f"{len(student_hidden) - 1}")
     mask = attention_mask.float()  # (B, T)
@@ -94,11 +95,6 @@ def transition_loss(crf_scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     return squared.sum() / (allowed_start.sum() + end.numel() + allowed_moves.sum())
 
 
-def phase_weights(epoch: float, phase1_epochs: int, phase1: Weights, phase2: Weights) -> Weights:
-    """Curriculum: `phase1` during epochs [0, phase1_epochs) (0-based, as Trainer's state.epoch), then `phase2`."""
-    return phase1 if epoch < phase1_epochs else phase2
-
-
 @dataclass
 class LossParts:
     total: torch.Tensor
@@ -110,10 +106,10 @@ class LossParts:
 
 @dataclass
 class DistillContext:
-    """What the losses need beyond the two models' outputs; built once per stage."""
+    """What the losses need beyond the two models' outputs; built once per stage from its curriculum."""
 
     temperature: float
-    curriculum: tuple[int, Weights, Weights]  # (phase-1 epochs, phase-1 weights, weights after)
+    curriculum: Curriculum
     layer_pairs: list[tuple[int, int]]  # (teacher layer, student layer), 1-based
     student_to_shared: torch.Tensor  # (Ls, S)
     teacher_to_shared: torch.Tensor  # (Lt, S)
@@ -125,44 +121,38 @@ class DistillContext:
     allowed_moves: torch.Tensor  # (Ls, Ls) 1 where IOB2 lets label i precede label j
 
     @classmethod
-    def from_params(cls, student: CrfStudent, teacher_id2label: dict[int, str], transitions: dict[str, Any],
-                    params: Params, stage: Literal["distill", "prune", "finetune"]) -> DistillContext:
-        """The context of `stage`: distill follows its two-phase curriculum; prune scores heads and
-        finetune recovers with finetune.weights throughout."""
-        # Teacher types the student does not keep (annotate.drop_types) fold into O in the KD space.
-        dropped = set(labels.entity_types(teacher_id2label.values())) - set(
-            labels.entity_types(student.config.id2label.values()))
-        d = params.distill
-        curriculum = ((d.phase1_epochs, d.phase1_weights, d.phase2_weights) if stage == "distill"
-                      else (0, params.finetune.weights, params.finetune.weights))
-        return cls.build(student, teacher_id2label, sorted(dropped), transitions, d.layer_map.pairs(),
-                         d.temperature, curriculum, device=next(student.parameters()).device)
-
-    @classmethod
-    def build(cls, student: CrfStudent, teacher_id2label: dict[int, str], dropped_types: list[str] | tuple[str, ...],
+    def build(cls, student_id2label: dict[int, str], student_layers: int, teacher_id2label: dict[int, str],
               transitions: dict[str, Any], layer_map_pairs: list[tuple[int, int]], temperature: float,
-              curriculum: tuple[int, Weights, Weights], device: str | torch.device) -> DistillContext:
-        """Shared label space, transition prior and layer pairs, on `device`.
+              curriculum: Curriculum) -> DistillContext:
+        """Shared label space, transition prior (checked against the student's labels) and layer pairs,
+        on the CPU until the first loss moves them to the student's device.
 
         The shared space has one class per entity type the student keeps plus O: the
-        student's B-X and I-X both count as X, and teacher types the student dropped
+        student's B-X and I-X both count as X, and teacher types the student does not keep
         (`annotate.drop_types`) count as O, which is what annotate turned them into.
         """
-        _check_pairs(layer_map_pairs, student.config.encoder.num_hidden_layers)
-        teacher_to_shared, student_to_shared, names = labels.shared_space(
-            teacher_id2label, student.config.id2label, dropped_types)
-        names_in_order = labels.check_prior_labels(transitions, student.config.id2label)
+        _check_pairs(layer_map_pairs, student_layers)
+        dropped = set(labels.entity_types(teacher_id2label.values())) - set(
+            labels.entity_types(student_id2label.values()))
+        teacher_to_shared, student_to_shared, names = labels.shared_space(teacher_id2label, student_id2label,
+                                                                          sorted(dropped))
+        names_in_order = labels.check_prior_labels(transitions, student_id2label)
 
         def tensor(value: Any) -> torch.Tensor:
-            return torch.as_tensor(value, dtype=torch.float32, device=device)
+            return torch.as_tensor(value, dtype=torch.float32)
 
-        return cls(temperature=temperature, curriculum=curriculum, layer_pairs=[(int(t), int(s)) for t, s in layer_map_pairs],
+        return cls(temperature=temperature, curriculum=curriculum,
+                   layer_pairs=[(int(t), int(s)) for t, s in layer_map_pairs],
                    student_to_shared=tensor(student_to_shared), teacher_to_shared=tensor(teacher_to_shared),
                    shared_names=list(names), prior_start=tensor(transitions["start"]),
                    prior_end=tensor(transitions["end"]), prior_transitions=tensor(transitions["transitions"]),
                    allowed_start=tensor([labels.allowed_start(name) for name in names_in_order]),
                    allowed_moves=tensor([[labels.allowed_transition(a, b) for b in names_in_order]
                                          for a in names_in_order]))
+
+    def crf_prior(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prior's (start (Ls,), end (Ls,), transitions (Ls, Ls)) scores, in the student's label order."""
+        return self.prior_start, self.prior_end, self.prior_transitions
 
     def to(self, device: str | torch.device) -> DistillContext:
         """Move the tensors in place (once: later calls on the same device cost nothing)."""
@@ -173,7 +163,7 @@ class DistillContext:
 
     def weights(self, epoch: float) -> Weights:
         """The loss weights at `epoch` (0-based, fractional, as Trainer's state.epoch)."""
-        return phase_weights(epoch, *self.curriculum)
+        return self.curriculum.weights(epoch)
 
     def needs_hidden(self, weights: Weights) -> bool:
         """Whether both models must return hidden states for these weights."""
@@ -214,6 +204,6 @@ def distillation_loss(student_out: StudentOutput, teacher_logits: torch.Tensor,
 def _check_pairs(pairs: list[tuple[int, int]], student_layers: int) -> None:
     for teacher_layer, student_layer in pairs:
         if not 1 <= student_layer <= student_layers or teacher_layer < 1:
-            raise ValueError(f"distill.layer_map pair (teacher {teacher_layer}, student {student_layer}): layer "
+            raise ValueError(f"train.layer_map pair (teacher {teacher_layer}, student {student_layer}): layer "
                              f"numbers are 1-based and the student has {student_layers} layers")
 

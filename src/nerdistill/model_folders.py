@@ -6,14 +6,21 @@ student when its `config.json` says model_type `nerdistill-crf-student`, and a t
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from nerdistill.io import InputError, read_json
-from nerdistill.modeling import StudentConfig
+from nerdistill.params import Params
+from nerdistill.params_reader import flat
 
+# The config.json model_type of a student (modeling.StudentConfig's): the kind of a folder is read
+# from its files alone, so a teacher's tagger never imports the student model.
+STUDENT_MODEL_TYPE = "nerdistill-crf-student"
 ONNX_MANIFEST = "nerdistill_onnx.json"
 CRF_FILE = "crf.json"
 # Sub-token windows never exceed this, whatever the model allows: attention cost grows with its square.
@@ -41,7 +48,7 @@ def model_kind(path_or_hub_id: str | Path) -> tuple[str, Path]:
     if not config_path.is_file():
         raise InputError(f"{folder}: no config.json nor {ONNX_MANIFEST}; this is not a model folder (a student "
                          "saved by distill/prune/finetune, an ONNX export or a Hugging Face model)")
-    if read_json(config_path).get("model_type") == StudentConfig.model_type:
+    if read_json(config_path).get("model_type") == STUDENT_MODEL_TYPE:
         _require(folder, ("model.safetensors", "tokenizer_config.json"),
                  "a student folder; re-run the stage that wrote it")
         return "student", folder
@@ -80,9 +87,39 @@ def window_length(max_position_embeddings: int, tokenizer: PreTrainedTokenizerBa
     return min(MAX_WINDOW, max_position_embeddings - 2, int(tokenizer.model_max_length))
 
 
-def student_window(config: StudentConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
-    """(max_length, stride) the student was trained with (its provenance), else what its positions allow."""
+def student_window(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """(max_length, stride) a student (`config`: its StudentConfig) was trained with (its provenance), else
+    what its positions allow."""
     trained = (config.provenance or {}).get("params", {})
     limit = window_length(config.encoder.max_position_embeddings, tokenizer)
     length = min(int(trained.get("student.max_length", limit)), limit)
     return length, min(int(trained.get("teacher.stride", length // 4)), length // 2 - 1)
+
+
+def provenance(params: Params, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a saved student carries about how it was made: the teacher, the copied layers, the layer
+    map and every param of the stage that trained it last, on top of what earlier stages recorded
+    (prune's kept heads). `params` also tells a tagger the window the student was trained with."""
+    return {**(earlier or {}), "teacher": params.teacher.model_name,
+            "teacher_layers": list(params.student.teacher_layers),
+            "layer_map": dataclasses.asdict(params.train.layer_map), "params": flat(params)}
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, verb: str) -> None:
+    """The options of a command comparing the teacher with other models (evaluate, bench)."""
+    parser.add_argument("--data", type=Path, required=True, help="annotate's output folder")
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
+                        help=f"a student or ONNX export folder to {verb}, after the teacher from params "
+                             "(repeatable); the final student is the last student folder")
+    parser.add_argument("--metrics", type=Path, required=True)
+
+
+def named_models(teacher: str, values: Sequence[str]) -> dict[str, str]:
+    """{"teacher": teacher, NAME: FOLDER, ...} from `--model NAME=FOLDER` options, in order."""
+    models = {"teacher": teacher}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--model {value!r}: expected NAME=FOLDER, e.g. --model final=models/student_final")
+        models[name] = path
+    return models

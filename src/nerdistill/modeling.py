@@ -15,10 +15,8 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torchcrf import CRF
@@ -27,16 +25,13 @@ from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
+from nerdistill.crf import cancel_cut_edges, constrain, viterbi
+from nerdistill.data import gather_words
 from nerdistill.io import atomic_dir, write_json
-from nerdistill.labels import allowed_start, allowed_transition, check_prior_labels
-from nerdistill.params import Params
+from nerdistill.model_folders import STUDENT_MODEL_TYPE
 from nerdistill.pruning import resize_ffn, resize_heads
 
 log = logging.getLogger(__name__)
-
-# Score given to IOB2-impossible moves at decoding time: low enough that Viterbi never takes
-# them while a legal path exists (O and B-X are always legal), finite so that no NaN appears.
-FORBIDDEN = -1e4
 
 
 class StudentConfig(PreTrainedConfig):
@@ -52,7 +47,7 @@ class StudentConfig(PreTrainedConfig):
     `pruning.index_mask` hex bitmasks).
     """
 
-    model_type = "nerdistill-crf-student"
+    model_type = STUDENT_MODEL_TYPE
     sub_configs_defaults = {"encoder": SubConfigSpec(config_class=AutoConfig, model_type="camembert")}
 
     encoder: PreTrainedConfig | dict | None = None
@@ -163,37 +158,15 @@ class CrfStudent(PreTrainedModel):
         # -100 marks padding; the CRF ignores masked positions but still indexes them.
         tags = labels.masked_fill(labels == -100, self.o_id)  # (B, W)
         # pytorch-crf runs in the emissions' dtype; fp16 autocast would overflow its logsumexp.
-        emissions = self._cancel_cut_edges(emissions.float(), mask, starts_line, ends_line)
+        emissions = cancel_cut_edges(emissions.float(), mask, self.crf.start_transitions, self.crf.end_transitions,
+                                     starts_line, ends_line)
         llh = self.crf(emissions, tags, mask=mask, reduction="sum")
         return -llh / mask.sum().clamp_min(1)
 
-    def _cancel_cut_edges(self, emissions: torch.Tensor, mask: torch.Tensor, starts_line: torch.Tensor | None,
-                          ends_line: torch.Tensor | None) -> torch.Tensor:
-        """pytorch-crf always adds start[y_0] and end[y_last]; subtracting them from those words'
-        emissions removes them from the path score and the normaliser alike (so from the gradient)."""
-        if starts_line is None and ends_line is None:
-            return emissions
-        width = emissions.size(1)
-        positions = torch.arange(width, device=emissions.device)  # (W,)
-        if starts_line is not None:
-            cut = (~starts_line.bool()).to(emissions.dtype).unsqueeze(1)  # (B, 1)
-            first = (positions == 0).to(emissions.dtype).view(1, width, 1)  # (1, W, 1)
-            emissions = emissions - first * (cut * self.crf.start_transitions).unsqueeze(1)
-        if ends_line is not None:
-            cut = (~ends_line.bool()).to(emissions.dtype).unsqueeze(1)  # (B, 1)
-            last = (positions == mask.sum(dim=1, keepdim=True) - 1).to(emissions.dtype).unsqueeze(2)  # (B, W, 1)
-            emissions = emissions - last * (cut * self.crf.end_transitions).unsqueeze(1)
-        return emissions
-
     def constrained_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(start (L,), end (L,), transitions (L, L)) with IOB2-impossible moves set to FORBIDDEN."""
+        """(start (L,), end (L,), transitions (L, L)) with IOB2-impossible moves set to crf.FORBIDDEN."""
         names = [self.config.id2label[i] for i in range(self.config.num_labels)]
-        start_ok = torch.tensor([allowed_start(name) for name in names])
-        move_ok = torch.tensor([[allowed_transition(prev, nxt) for nxt in names] for prev in names])
-        crf = self.crf
-        start = crf.start_transitions.detach().masked_fill(~start_ok.to(crf.transitions.device), FORBIDDEN)
-        moves = crf.transitions.detach().masked_fill(~move_ok.to(crf.transitions.device), FORBIDDEN)
-        return start, crf.end_transitions.detach(), moves
+        return constrain(self.crf.start_transitions, self.crf.end_transitions, self.crf.transitions, names)
 
     @torch.no_grad()
     def decode(self, emissions: torch.Tensor, word_mask: torch.Tensor, starts_line: torch.Tensor | None = None,
@@ -208,115 +181,31 @@ def parameter_count(model: nn.Module) -> int:
     return sum(param.numel() for param in model.parameters())
 
 
-def init_crf_from_prior(student: CrfStudent, prior: Mapping[str, Any]) -> None:
-    """Set the CRF's start, end and transition scores to transitions.json's log-probabilities.
+def init_crf_from_prior(student: CrfStudent, prior: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+    """Set the CRF's start, end and transition scores to the teacher's transition prior (transitions.json's
+    log-probabilities, in the student's label order: `DistillContext.crf_prior`).
 
     On the real stand-in (docs/results.md) a CRF starting there tagged the validation split at 0.78
     F1 after two distill epochs, one starting from the uniform init at 0.71: in a short run the
     emissions have to learn what the prior already knows (impossible moves, how rare entities are)."""
-    check_prior_labels(prior, student.config.id2label)
     crf = student.crf
     with torch.no_grad():
-        for param, key in ((crf.start_transitions, "start"), (crf.end_transitions, "end"),
-                           (crf.transitions, "transitions")):
-            value = torch.tensor(prior[key], dtype=param.dtype, device=param.device)
+        for param, value, key in zip((crf.start_transitions, crf.end_transitions, crf.transitions), prior,
+                                     ("start", "end", "transitions")):
             if value.shape != param.shape:
                 raise ValueError(f"transitions.json {key!r} has shape {tuple(value.shape)}, the student's CRF "
                                  f"{tuple(param.shape)}; re-run annotate")
-            param.copy_(value)
-
-
-def gather_words(sequence: torch.Tensor, word_index: torch.Tensor) -> torch.Tensor:
-    """(B, T, D) sub-token vectors -> (B, W, D) vectors of each word's first sub-token."""
-    index = word_index.unsqueeze(-1).expand(-1, -1, sequence.size(-1))  # (B, W, D)
-    return sequence.gather(1, index)
-
-
-def crf_log_marginals(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-                      transitions: torch.Tensor, starts_line: torch.Tensor | None = None,
-                      ends_line: torch.Tensor | None = None) -> torch.Tensor:
-    """log P(label of word t = j | sentence) under the linear-chain CRF, (B, W, L), by forward-backward.
-
-    Same conventions as `viterbi` (left-packed mask, edge scores only on the line's edges). Values
-    past a row's end are meaningless; callers mask them. Differentiable in every score."""
-    start, end = _line_edge_scores(start, end, starts_line, ends_line)
-    width = emissions.size(1)
-    alpha = [start + emissions[:, 0]]  # alpha[t]: (B, L), paths over words 0..t ending in each label
-    for t in range(1, width):
-        step = torch.logsumexp(alpha[-1].unsqueeze(2) + transitions, dim=1) + emissions[:, t]  # (B, L)
-        alpha.append(torch.where(mask[:, t].unsqueeze(1), step, alpha[-1]))
-    # beta[t]: paths over words t+1.. from each label at t; the row's last word gets the end score.
-    lengths = mask.sum(dim=1, keepdim=True)  # (B, 1)
-    beta = [end.expand_as(alpha[-1])]
-    for t in range(width - 2, -1, -1):
-        step = torch.logsumexp(transitions + (emissions[:, t + 1] + beta[-1]).unsqueeze(1), dim=2)  # (B, L)
-        beta.append(torch.where(t + 1 < lengths, step, end.expand_as(step)))
-    scores = torch.stack(alpha, dim=1) + torch.stack(beta[::-1], dim=1)  # (B, W, L)
-    return scores - torch.logsumexp(scores, dim=2, keepdim=True)
-
-
-def _line_edge_scores(start: torch.Tensor, end: torch.Tensor, starts_line: torch.Tensor | None,
-                      ends_line: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Start and end scores, (L,) or per row (B, L): zero on rows whose window was cut there."""
-    if starts_line is not None:
-        start = torch.where(starts_line.bool().unsqueeze(1), start, start.new_zeros(()))  # (B, L)
-    if ends_line is not None:
-        end = torch.where(ends_line.bool().unsqueeze(1), end, end.new_zeros(()))  # (B, L)
-    return start, end
-
-
-def viterbi(emissions: torch.Tensor, mask: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
-            transitions: torch.Tensor, starts_line: torch.Tensor | None = None,
-            ends_line: torch.Tensor | None = None) -> list[list[int]]:
-    """Batched Viterbi. emissions (B, W, L), mask (B, W) left-packed; returns one path per row.
-
-    transitions[i, j] scores label i followed by label j, as in pytorch-crf. Rows whose
-    `starts_line` (B,) is False get no start score (nor the start constraint: a cut may fall inside
-    an entity), rows whose `ends_line` is False no end score, as `CrfStudent.nll` trains them.
-
-    The loop runs in numpy on the CPU, whatever the emissions' device: it is one tiny (B, L, L) step
-    per word, where a torch call costs ~30 us and a numpy one a few. In torch, decoding a 230-word
-    document took 7 ms on 2 CPU threads, a third of the int8 student's latency; on a GPU each step
-    is a handful of kernel launches. The scores cross to the CPU in one transfer.
-    """
-    start, end = _line_edge_scores(start, end, starts_line, ends_line)
-    emissions, start, end, transitions = (x.detach().float().cpu().numpy()
-                                          for x in (emissions, start, end, transitions))
-    lengths = mask.sum(dim=1).cpu().numpy()  # (B,)
-    real = mask.cpu().numpy()
-    rows, width, num_labels = emissions.shape
-    score = start + emissions[:, 0]  # (B, L)
-    # Past a row's end its score is frozen and its pointers are the identity, so the final argmax is
-    # the label of its last word and walking back from the last column reaches that word unchanged.
-    identity = np.arange(num_labels)
-    every_row_real = real.all(axis=0)  # (W,)
-    backpointers = np.empty((max(width - 1, 0), rows, num_labels), dtype=np.int64)  # (W - 1, B, L)
-    for t in range(1, width):
-        candidates = score[:, :, None] + transitions  # (B, L prev, L next)
-        best_prev = candidates.argmax(axis=1)  # (B, L)
-        best = candidates.max(axis=1) + emissions[:, t]
-        if every_row_real[t]:
-            score, backpointers[t - 1] = best, best_prev
-        else:
-            step_is_real = real[:, t, None]  # (B, 1)
-            score = np.where(step_is_real, best, score)
-            backpointers[t - 1] = np.where(step_is_real, best_prev, identity)
-    label = (score + end).argmax(axis=1)  # (B,)
-    path = np.empty((rows, width), dtype=np.int64)
-    path[:, -1] = label
-    every_row = np.arange(rows)
-    for t in range(width - 2, -1, -1):
-        label = backpointers[t][every_row, label]
-        path[:, t] = label
-    return [path[row, :length].tolist() for row, length in enumerate(lengths.tolist())]
+            param.copy_(value.to(param.dtype))
 
 
 def build_student(teacher: PreTrainedModel, id2label: dict[int, str], teacher_layers: list[int],
-                  dropout: float, provenance: dict[str, Any]) -> CrfStudent:
+                  dropout: float, provenance: dict[str, Any],
+                  crf_prior: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> CrfStudent:
     """A student whose embeddings and layers are copies of the teacher's.
 
     `teacher_layers` are 1-based teacher layer numbers, one per student layer, in order.
     `dropout` sets the encoder's hidden and attention dropout and the emissions dropout.
+    `crf_prior`, when given, is where the CRF starts (`init_crf_from_prior`).
     """
     base = teacher.base_model
     depth = teacher.config.num_hidden_layers
@@ -336,6 +225,8 @@ def build_student(teacher: PreTrainedModel, id2label: dict[int, str], teacher_la
     student.encoder.load_state_dict(_mapped_state(base.state_dict(), student.encoder.state_dict(), teacher_layers))
     log.info("student: %d layers copied from teacher layers %s of %d, %d labels", len(teacher_layers),
                 list(teacher_layers), depth, config.num_labels)
+    if crf_prior is not None:
+        init_crf_from_prior(student, crf_prior)
     return student
 
 
@@ -362,15 +253,6 @@ def _mapped_state(teacher_state: dict[str, torch.Tensor], student_state: dict[st
                              "a BERT/RoBERTa/CamemBERT/XLM-R token-classification model")
         mapped[key] = teacher_state[source].detach().clone()
     return mapped
-
-
-def provenance(params: Params, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a saved student carries about how it was made: the teacher, the copied layers, the layer
-    map and every param of the stage that trained it last, on top of what earlier stages recorded
-    (prune's kept heads). `params` also tells a tagger the window the student was trained with."""
-    return {**(earlier or {}), "teacher": params.teacher.model_name,
-            "teacher_layers": list(params.student.teacher_layers),
-            "layer_map": params.as_dict()["distill"]["layer_map"], "params": params.flat()}
 
 
 def save_student(student: CrfStudent, tokenizer: Any, out_dir: Path,

@@ -1,5 +1,6 @@
-"""Reading params: params.yaml (or a dict) into the typed, validated Params, and the params keys a
-stage declares in dvc.yaml (what its MLflow run logs).
+"""Reading params: params.yaml (or a dict) into the typed, validated Params; their flat `section.key`
+form (MLflow params, `dvc exp run -S`); the params keys a stage declares in dvc.yaml (what its MLflow
+run logs).
 
 An unknown key or a wrong type stops with a message naming the key and what is allowed.
 """
@@ -50,6 +51,27 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params
 
 
+def flat(params: Params) -> dict[str, Any]:
+    """`section.key` -> value, the form MLflow params and `dvc exp run -S` use."""
+    return dict(_flatten(dataclasses.asdict(params)))
+
+
+def select(params: Params, keys: typing.Iterable[str]) -> dict[str, Any]:
+    """The flat params under `keys`, each a section (`teacher`) or a dotted key (`base.seed`)."""
+    prefixes = tuple(keys)
+    return {name: value for name, value in flat(params).items()
+            if any(name == key or name.startswith(f"{key}.") for key in prefixes)}
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    for name, value in tree.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{key}.")
+        else:
+            yield key, list(value) if isinstance(value, tuple) else value
+
+
 def stage_param_keys(dvc_yaml: str | Path, stage: str) -> tuple[str, ...]:
     """The params.yaml keys `stage` declares in dvc.yaml: the one list of what a stage reads."""
     dvc_yaml = Path(dvc_yaml)
@@ -68,7 +90,7 @@ def stage_param_keys(dvc_yaml: str | Path, stage: str) -> tuple[str, ...]:
             keys.extend(key for listed in entry.values() for key in (listed or []))
         else:
             raise ParamsError(f"{dvc_yaml}: stage {stage!r} declares params {entry!r}; nerdistill reads "
-                              "params.yaml only, so list its keys (e.g. - distill.temperature)")
+                              "params.yaml only, so list its keys (e.g. - train.temperature)")
     return tuple(keys)
 
 

@@ -12,13 +12,16 @@ BERT/RoBERTa/CamemBERT/XLM-R are: `encoder.layer[i].attention.self.{query,key,va
 
 Indices always refer to the heads or neurons a layer has *now*: after a first pruning, layer 0's
 head 2 is the third surviving head, whatever its original number. `original_indices` maps keep
-lists back to original numbers (the prune stage's provenance); `index_mask` and `mask_indices`
-write and read thousands of kept neurons compactly.
+lists back to original numbers; `index_mask` and `mask_indices` write and read thousands of kept
+neurons compactly. `originals_now` reads a student's original numbers from its provenance, and
+`apply` prunes a student to a selection and records it there and in `heads_pruned.json`.
 """
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -155,6 +158,97 @@ def mask_indices(mask: str) -> list[int]:
     """The indices `index_mask` wrote, in increasing order."""
     value = int(mask, 16)
     return [index for index in range(4 * len(mask)) if value >> index & 1]
+
+
+class Originals(NamedTuple):
+    """Original numbers of each layer's current heads and FFN neurons (`range(n)` if never pruned)."""
+
+    heads: list[list[int]]
+    neurons: list[list[int]]
+
+
+def originals_now(student: nn.Module, folder: Path) -> Originals:
+    """Original numbers of a student's current heads and neurons, from an earlier pruning's provenance.
+
+    `student.config` carries `head_counts`, `ffn_sizes` and `provenance`; `folder` (the model's)
+    names the config.json in the error raised when a pruned student's provenance lacks the numbers."""
+    provenance = student.config.provenance or {}
+    masks = provenance.get("neurons_kept_mask")
+    originals = []
+    for config_key, sizes, key, listed in (
+            ("head_counts", head_counts(student), "heads_kept", provenance.get("heads_kept")),
+            ("ffn_sizes", ffn_sizes(student), "neurons_kept_mask",
+             None if masks is None else [mask_indices(mask) for mask in masks])):
+        if getattr(student.config, config_key) is None:
+            originals.append([list(range(size)) for size in sizes])
+        elif listed is None or [len(kept) for kept in listed] != sizes:
+            raise ValueError(f"{folder}/config.json: the model is pruned ({config_key} {sizes}) but its "
+                             f"provenance has no matching {key}, so original numbers are unknown; prune the "
+                             "distilled student produced by `nerdistill distill` instead")
+        else:
+            originals.append(listed)
+    return Originals(*originals)
+
+
+def size_figures(model: nn.Module) -> dict[str, int]:
+    """Attention heads, FFN neurons and parameters a model has now, in total."""
+    return {"heads": sum(head_counts(model)), "neurons": sum(ffn_sizes(model)), "params": _parameter_count(model)}
+
+
+@dataclass(frozen=True)
+class Removal:
+    """What `apply` removed from a student."""
+
+    heads_file: dict[str, Any]  # heads_pruned.json: kept and removed heads per layer (original numbers), reports
+    ffn_sizes_before: list[int]
+    ffn_sizes_after: list[int]
+    params_removed_heads: int
+    params_removed_ffn: int
+
+
+def apply(student: nn.Module, originals: Originals, heads: Mapping[int, list[int]],
+          neurons: Mapping[int, list[int]] | None, heads_report: dict[str, Any],
+          ffn_report: dict[str, Any]) -> Removal:
+    """Prune `student` to the heads and FFN neurons to keep (current indices) and record it in its config.
+
+    `neurons=None` leaves the FFN layers as they are, not even rebuilt. The config gets the new
+    head counts and FFN sizes, and a provenance whose `heads_kept` and `neurons_kept_mask` hold
+    original numbers (`originals` maps current ones back) and whose `pruning` list gains both
+    selection reports."""
+    sizes_before, params_before = ffn_sizes(student), _parameter_count(student)
+    student.config.head_counts = prune_heads(student, heads)
+    params_after_heads = _parameter_count(student)
+    if neurons is not None:
+        student.config.ffn_sizes = prune_ffn(student, neurons)
+    kept = Originals(original_indices(originals.heads, heads), original_indices(originals.neurons, neurons or {}))
+    student.config.provenance = _provenance(student.config, kept, {"heads": heads_report, "ffn": ffn_report})
+    heads_file = {**_heads_file(kept.heads, originals.heads, student.config.encoder.num_attention_heads,
+                                heads_report), "ffn": ffn_report}
+    return Removal(heads_file, sizes_before, ffn_sizes(student), params_before - params_after_heads,
+                   params_after_heads - _parameter_count(student))
+
+
+def _provenance(config: Any, kept: Originals, report: dict[str, Any]) -> dict[str, Any]:
+    earlier = config.provenance or {}
+    recorded = {**earlier, "heads_kept": kept.heads, "pruning": [*earlier.get("pruning", []), report]}
+    if config.ffn_sizes is not None:
+        size = config.encoder.intermediate_size
+        recorded["neurons_kept_mask"] = [index_mask(neurons, size) for neurons in kept.neurons]
+    return recorded
+
+
+def _heads_file(kept: list[list[int]], current: list[list[int]], original_count: int,
+                report: dict[str, Any]) -> dict[str, Any]:
+    layers = [{"layer": layer, "kept": heads, "removed": sorted(set(range(original_count)) - set(heads)),
+               "removed_now": sorted(set(current[layer]) - set(heads))}
+              for layer, heads in enumerate(kept)]
+    return {"head_numbering": "original heads of the distilled student, 0-based; layers 0-based",
+            **report, "layers": layers}
+
+
+def _parameter_count(model: nn.Module) -> int:
+    # modeling.parameter_count's sum; modeling imports this module, so it cannot be imported here.
+    return sum(param.numel() for param in model.parameters())
 
 
 def _prune_heads_of(layer: nn.Module, kept: list[int]) -> None:

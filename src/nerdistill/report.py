@@ -1,82 +1,27 @@
 """One self-contained HTML page comparing the workspace, its baseline and every DVC experiment.
 
-The rows come from `dvc exp show --json` (the nested params and metrics of each revision, which
-`dvc.api.exp_show` flattens into ambiguous column names); the workspace's PNG plots are inlined
-as base64 images, so the page opens offline and can be mailed as one file. The rows' F1 / latency /
-size Pareto front (`front`) is drawn to a PNG beside the page and inlined too; a sweep's results
-file adds its points that failed, with why.
+The table of rows is `experiment_table`'s; the workspace's PNG plots are inlined as base64 images,
+so the page opens offline and can be mailed as one file. The rows' F1 / latency / size Pareto front
+(`front`) is drawn to a PNG beside the page and inlined too; a sweep's results file adds its points
+that failed, with why.
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import json
 import logging
-import subprocess
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from nerdistill import front as pareto
+from nerdistill.experiment_table import GATE, Row, collect_rows, select_rows, table_html
 from nerdistill.io import InputError, write_text
 from nerdistill.plots import plot_front
-from nerdistill.results import AGREEMENT, FINAL, FP32, GOLD, INT8, drop_path, f1_path, gate_summary, ratio_path, \
-    variant_path
+from nerdistill.results import gate_summary
 from nerdistill.sweep import SUCCESS, read_results
 
 log = logging.getLogger(__name__)
-
-PARAMS_FILE = "params.yaml"
-EVAL, BENCH, GATE, PRUNE = "metrics/eval.json", "metrics/bench.json", "metrics/gate.json", "metrics/prune.json"
-
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    source: str              # PARAMS_FILE or a metrics file, as dvc.yaml names it
-    path: tuple[str, ...]
-    fmt: str = "{}"
-
-
-PARAM_COLUMNS = (
-    Column("pruning.ratio", PARAMS_FILE, ("pruning", "ratio")),
-    Column("pruning.scope", PARAMS_FILE, ("pruning", "scope")),
-    Column("distill.temperature", PARAMS_FILE, ("distill", "temperature")),
-    Column("distill.epochs", PARAMS_FILE, ("distill", "epochs")),
-    Column("distill.learning_rate", PARAMS_FILE, ("distill", "learning_rate")),
-    Column("student.num_layers", PARAMS_FILE, ("student", "num_layers")),
-    Column("finetune.epochs", PARAMS_FILE, ("finetune", "epochs")),
-)
-METRIC_COLUMNS = (
-    Column("agreement F1", EVAL, f1_path(AGREEMENT), "{:.4f}"),
-    Column("gold F1", EVAL, f1_path(GOLD), "{:.4f}"),
-    Column("F1 drop (pts, agreement)", EVAL, drop_path(AGREEMENT), "{:.2f}"),
-    Column("F1 drop (pts, gold)", EVAL, drop_path(GOLD), "{:.2f}"),
-    Column("heads removed", PRUNE, ("heads_removed",)),
-    Column("p50 fp32 (ms)", BENCH, variant_path(FP32, "doc_p50_ms"), "{:.1f}"),
-    Column("p50 int8 (ms)", BENCH, variant_path(INT8, "doc_p50_ms"), "{:.1f}"),
-    Column("latency ratio fp32", BENCH, ratio_path("doc_p50_ms"), "{:.3f}"),
-    Column("latency ratio int8", BENCH, ratio_path("int8_doc_p50_ms"), "{:.3f}"),
-    Column("params ratio", BENCH, ratio_path("parameters"), "{:.3f}"),
-    Column("bytes ratio", BENCH, ratio_path("disk_bytes"), "{:.3f}"),
-    Column("gate", GATE, ("decision",)),
-    Column("gate model", GATE, ("model",)),
-    Column("gate variant", GATE, ("variant",)),
-    Column("gate F1", GATE, ("f1",), "{:.4f}"),
-    Column("gate latency / teacher fp32", GATE, ("latency_ratio_vs_teacher_fp32",), "{:.3f}"),
-    Column("gate size / teacher fp32", GATE, ("size_ratio_vs_teacher_fp32",), "{:.3f}"),
-)
-
-
-@dataclass(frozen=True)
-class Row:
-    name: str
-    kind: str                # "workspace", "baseline" or "experiment"
-    rev: str
-    created: str
-    baseline: str            # name of the row it was derived from ("" for baselines)
-    files: dict[str, Any]    # params/metrics file -> its parsed content
 
 
 def write_report(repo_dir: str | Path, out_path: str | Path, experiments: list[str] | None = None,
@@ -89,7 +34,7 @@ def write_report(repo_dir: str | Path, out_path: str | Path, experiments: list[s
     repo_dir, out_path = Path(repo_dir), Path(out_path)
     results = [read_results(path) for path in sweeps]
     rows = collect_rows(repo_dir)
-    rows = _select(rows, _names(rows, experiments, results))
+    rows = select_rows(rows, _names(rows, experiments, results))
     front = pareto.build([(row.name, row.files) for row in _distinct(rows)])
     front_png = out_path.with_name(f"{out_path.stem}_front.png")
     if front is not None:
@@ -117,71 +62,6 @@ def _distinct(rows: list[Row]) -> list[Row]:
     """The rows as front points: the workspace only when it differs from every other row."""
     return [row for row in rows if row.kind != "workspace" or all(other.files != row.files
                                                                    for other in rows if other is not row)]
-
-
-def collect_rows(repo_dir: Path) -> list[Row]:
-    """Workspace, then each baseline followed by its experiments, as `dvc exp show` orders them."""
-    rows = []
-    for entry in _exp_show(repo_dir):
-        kind = "workspace" if entry["rev"] == "workspace" else "baseline"
-        baseline = _row(entry, kind, "")
-        rows.append(baseline)
-        for experiment in entry.get("experiments") or []:
-            rows.extend(_row(rev, "experiment", baseline.name) for rev in experiment["revs"])
-    return rows
-
-
-def _exp_show(repo_dir: Path) -> list[dict]:
-    command = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
-    try:
-        done = subprocess.run(command, cwd=repo_dir, capture_output=True, text=True, check=True)
-    except subprocess.CalledProcessError as err:
-        raise InputError(f"{repo_dir}: `dvc exp show --json` failed ({err.returncode}); the report needs "
-                         f"a git + DVC repository: {err.stderr.strip()[-500:]}") from None
-    return json.loads(done.stdout)
-
-
-def _row(entry: dict, kind: str, baseline: str) -> Row:
-    data = entry.get("data") or {}
-    files = {name: content.get("data", {}) for section in ("params", "metrics")
-             for name, content in (data.get(section) or {}).items()}
-    rev = entry["rev"]
-    name = entry.get("name") or (rev if kind == "workspace" else rev[:7])
-    return Row(name=name, kind=kind, rev="" if kind == "workspace" else rev[:7],
-               created=data.get("timestamp") or "", baseline=baseline, files=files)
-
-
-def _select(rows: list[Row], names: list[str] | None) -> list[Row]:
-    if names is None:
-        return rows
-    known = {row.name for row in rows}
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise InputError(f"experiments {unknown} not found; `dvc exp show` lists: {', '.join(sorted(known))}")
-    return [row for row in rows if row.name in names]
-
-
-def cell(row: Row, column: Column) -> str:
-    """The formatted value of `column` in `row`, or "" where that revision lacks it."""
-    tree = row.files.get(column.source, {})
-    final = _final_name(row)
-    for key in column.path:
-        if not isinstance(tree, dict):
-            return ""
-        tree = tree.get(final if key == FINAL else key)
-    if tree is None or isinstance(tree, (dict, list)):
-        return ""
-    if isinstance(tree, bool) or not isinstance(tree, (int, float)):
-        return str(tree)
-    return column.fmt.format(tree)
-
-
-def _final_name(row: Row) -> str:
-    for source in (EVAL, BENCH):
-        name = row.files.get(source, {}).get("final")
-        if isinstance(name, str):
-            return name
-    return "final"
 
 
 def _workspace_images(repo_dir: Path) -> list[tuple[str, str]]:
@@ -277,23 +157,6 @@ def _front_table(front: pareto.Front, key: str, title: str, unit: str) -> str:
 
 def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str, front: str = "") -> str:
     """The whole page; values an experiment changed from its baseline are shown in red."""
-    baselines = {row.name: row for row in rows if row.kind != "experiment"}
-    columns = PARAM_COLUMNS + METRIC_COLUMNS
-    head = "".join(f"<th>{html.escape(header)}</th>"
-                   for header in ("experiment", "rev", "created", *(c.header for c in columns)))
-    body = []
-    for row in rows:
-        base = baselines.get(row.baseline)
-        cells = [f'<td class="name">{html.escape(row.name)}</td>', f"<td>{html.escape(row.rev)}</td>",
-                 f"<td>{html.escape(row.created)}</td>"]
-        for column in columns:
-            value = cell(row, column)
-            classes = [value] if column.source == GATE and column.path == ("decision",) else []
-            if base is not None and value != cell(base, column):
-                classes.append("changed")
-            attr = f' class="{" ".join(classes)}"' if classes else ""
-            cells.append(f"<td{attr}>{html.escape(value)}</td>")
-        body.append(f'<tr class="{row.kind}">{"".join(cells)}</tr>')
     figures = "".join(f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
                       f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, data in images)
     gate = f"<h2>Gate (workspace)</h2><pre>{html.escape(gate_summary)}</pre>" if gate_summary else ""
@@ -303,5 +166,18 @@ def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str, fr
             f"Red: differs from the baseline. F1 of the final student; latencies are batch-1 p50 on the bench "
             f"document; ratios are final student / teacher. The gate columns are those of the model variant "
             f"the gate judged (gate.variant).</p>\n"
-            f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>\n"
-            f"{front}\n{gate}<h2>Plots (workspace)</h2>\n{figures}\n</body></html>\n")
+            f"{table_html(rows)}\n{front}\n{gate}<h2>Plots (workspace)</h2>\n{figures}\n</body></html>\n")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("reports/report.html"))
+    parser.add_argument("--exp", action="append", default=[], metavar="NAME",
+                        help="keep only these rows (experiment, baseline branch or workspace; repeatable)")
+    parser.add_argument("--sweep", action="append", default=[], type=Path, metavar="RESULTS_JSON",
+                        help="keep a sweep's points and list those that failed (sweeps/results/<grid>.json; "
+                             "repeatable)")
+
+
+def main(args: argparse.Namespace, params: None) -> int:
+    write_report(Path.cwd(), args.out, experiments=args.exp or None, sweeps=tuple(args.sweep))
+    return 0

@@ -2,10 +2,11 @@
 
 Lines are read by `io.numbered_lines` and tagged a chunk at a time, so memory does not grow with
 the input, and a line that cannot be read becomes an error record in the output instead of
-stopping the stream. The tagging itself is `tagger.NerTagger`'s.
+stopping the stream. The tagging itself is `tagger.core.NerTagger`'s.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
@@ -17,8 +18,9 @@ from typing import Any, BinaryIO, TextIO
 
 from tqdm.auto import tqdm
 
-from nerdistill.io import InputError, NumberedLine, atomic_path, numbered_lines
-from nerdistill.tagger import NerTagger
+from nerdistill.io import InputError, NumberedLine, atomic_path, check_writable, numbered_lines
+from nerdistill.tagger.core import NerTagger
+from nerdistill.tagger.load import load_tagger
 
 log = logging.getLogger(__name__)
 
@@ -151,3 +153,27 @@ def _count(counts: Counter[str], row: dict[str, Any]) -> None:
         counts["tagged"] += 1
     else:
         counts["empty"] += 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("One output line per input line. A line that is not UTF-8 or not a JSON object with a string "
+                     "'text' gives {\"line\": N, \"error\": ...} in its place, a warning with its number, and exit "
+                     "status 1 at the end. The output file is written whole or not at all: on Ctrl-C or SIGTERM the "
+                     "temp file is removed and the command exits 130 or 143.")
+    parser.add_argument("--model", type=Path, default=Path("models/student_final"))
+    parser.add_argument("--input", default="-", help=".txt, .jsonl or - for stdin")
+    parser.add_argument("--format", choices=("auto", "txt", "jsonl"), default="auto",
+                        help="input format: auto = the file's suffix; for stdin, jsonl when the first non-blank line "
+                             "is a JSON object, else txt (default: %(default)s)")
+    parser.add_argument("--output", default="-", help=".jsonl or - for stdout")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def main(args: argparse.Namespace, params: None) -> int:
+    """`nerdistill predict`: exit status 1 when a line could not be tagged."""
+    if args.output != "-":
+        check_writable(args.output)  # before the model loads, not after
+    tagger = load_tagger(str(args.model), source="--model")
+    counts = predict_stream(tagger, args.input, args.output, batch_size=args.batch_size, input_format=args.format)
+    log.info("predict: %s", counts)
+    return 1 if counts.get("failed", 0) else 0

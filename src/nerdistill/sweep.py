@@ -23,6 +23,7 @@ import itertools
 import json
 import re
 import shlex
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Sequence
@@ -31,11 +32,11 @@ import yaml
 
 from nerdistill.io import InputError
 from nerdistill.params import Params, ParamsError
-from nerdistill.params_reader import params_from_dict
+from nerdistill.params_reader import flat, params_from_dict
 
 FILE_KEYS = ("base", "grid", "jobs")
 NUM_LAYERS = "student.num_layers"
-DERIVED_KEYS = ("student.teacher_layers", "distill.layer_map.teacher", "distill.layer_map.student")
+DERIVED_KEYS = ("student.teacher_layers", "train.layer_map.teacher", "train.layer_map.student")
 PATH_KEYS = ("teacher.model_name", "evaluate.gold_path")
 RESULTS_DIR = Path("sweeps/results")
 
@@ -119,7 +120,7 @@ def load_grid(path: str | Path) -> Grid:
 def check_keys(grid: Grid, params: Params, extra: dict[str, Any]) -> None:
     """Every key names a params.yaml value, none is a derived one, and the command line's -S
     overrides do not fight the grid."""
-    known = params.flat()
+    known = flat(params)
     for where, keys in (("base", grid.base), ("grid", grid.grid), ("-S", extra)):
         for key in keys:
             if key in DERIVED_KEYS:
@@ -163,8 +164,8 @@ def derive_layers(num_layers: int, depth: int) -> dict[str, list[int]]:
         copied = [1 + (i * (depth - 1)) // (num_layers - 1) for i in range(num_layers)]
     mapped = range(2, num_layers + 1) if num_layers > 1 else range(1, 2)
     return {"student.teacher_layers": copied,
-            "distill.layer_map.teacher": [copied[j - 1] for j in mapped],
-            "distill.layer_map.student": list(mapped)}
+            "train.layer_map.teacher": [copied[j - 1] for j in mapped],
+            "train.layer_map.student": list(mapped)}
 
 
 def plan(grid: Grid, params: Params, extra: dict[str, Any], teacher_depth: Callable[[str], int],
@@ -182,7 +183,7 @@ def plan(grid: Grid, params: Params, extra: dict[str, Any], teacher_depth: Calla
 def _point(grid: Grid, params: Params, extra: dict[str, Any], values: dict[str, Any],
            teacher_depth: Callable[[str], int], root: Path) -> Point:
     overrides = {**grid.base, **extra, **values}
-    tree = apply_overrides(params.as_dict(), overrides)
+    tree = apply_overrides(dataclasses.asdict(params), overrides)
     for key in PATH_KEYS:
         value = _get(tree, key)
         # A relative path that names nothing here stays as written (a hub id, for the teacher).

@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, PreTrainedModel
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from nerdistill.modeling import gather_words
+from nerdistill.data import gather_words
 from nerdistill.params import Params, ParamsError
 
 
@@ -21,7 +21,7 @@ def check_against_teacher(params: Params) -> None:
     name = params.teacher.model_name
     depth = teacher_config(name).num_hidden_layers
     for key, layers in (("student.teacher_layers", params.student.teacher_layers),
-                        ("distill.layer_map.teacher", params.distill.layer_map.teacher)):
+                        ("train.layer_map.teacher", params.train.layer_map.teacher)):
         bad = [layer for layer in layers if not 1 <= layer <= depth]
         if bad:
             raise ParamsError(f"{key} = {list(layers)}: the teacher {name} has {depth} layers, so layers {bad} do "

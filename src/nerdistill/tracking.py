@@ -1,15 +1,12 @@
 """The one place that opens MLflow runs, and the DVC metrics writer.
 
-Every stage is its own process (DVC runs them one by one), so a pipeline execution is tied
-together by a key: the DVC experiment name when `dvc exp run` sets DVC_EXP_NAME, else the git
-commit plus a hash of the params. The first stage of an execution creates the parent run with
-that key as a tag; later stages find it and open their nested run under it explicitly. The
-parent spans the execution: each stage marks it running when it starts, then finished (or
-failed) with its own end time, so the last stage leaves the parent's true duration and outcome.
-
-Several executions may share a store (`dvc queue start -j N`): every write to a parent run
-happens under one file lock per store, so two processes never create two parents for one key
-nor race on the same tag.
+Every stage is its own process (DVC runs them one by one), so a pipeline execution is tied together
+by a key: the DVC experiment name when `dvc exp run` sets DVC_EXP_NAME, else the git commit plus a
+hash of the params. The first stage creates the parent run with that key as a tag; later stages find
+it and nest their run under it. Each stage marks the parent running when it starts, then finished
+(or failed) with its own end time, so the last stage leaves the parent's true duration and outcome.
+Several executions may share a store (`dvc queue start -j N`): parent-run writes happen under one
+file lock per store, so two processes never create two parents for one key nor race on a tag.
 """
 from __future__ import annotations
 
@@ -25,13 +22,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import yaml
 
 from nerdistill.io import write_json
 from nerdistill.params import Params, ParamsError
-from nerdistill.params_reader import params_from_dict
+from nerdistill.params_reader import flat, params_from_dict, select, stage_param_keys
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +41,6 @@ SWEEP_ENV = "NERDISTILL_SWEEP"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 MAX_NAMED_CHANGES = 4  # params that differ from the shipped ones, spelled out in a run name
 
-# Telemetry off unless the user turned it on explicitly.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
@@ -85,10 +81,10 @@ def shipped_changes(params: Params) -> dict[str, Any]:
     if committed is None:
         return {}
     try:
-        shipped = params_from_dict(yaml.safe_load(committed) or {}).flat()
+        shipped = flat(params_from_dict(yaml.safe_load(committed) or {}))
     except (yaml.YAMLError, ParamsError):
         return {}
-    return {key: value for key, value in params.flat().items() if shipped.get(key) != value}
+    return {key: value for key, value in flat(params).items() if shipped.get(key) != value}
 
 
 def run_name(params: Params) -> str:
@@ -106,7 +102,7 @@ def run_name(params: Params) -> str:
 
 
 def params_hash(params: Params) -> str:
-    blob = json.dumps(params.flat(), sort_keys=True, default=str)
+    blob = json.dumps(flat(params), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -242,7 +238,7 @@ def find_or_create_parent(params: Params) -> tuple[str, str]:
             tags["sweep"] = os.environ[SWEEP_ENV]
         run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
         client.log_batch(run.info.run_id,
-                         params=[Param(name, str(value)) for name, value in params.flat().items()])
+                         params=[Param(name, str(value)) for name, value in flat(params).items()])
         return experiment_id, run.info.run_id
 
 
@@ -261,7 +257,7 @@ def stage_run(stage: str, params: Params, keys: Iterable[str] | None = None) -> 
 
     mlflow.set_tracking_uri(tracking_uri())
     experiment_id, parent_id = find_or_create_parent(params)
-    stage_params = params.flat() if keys is None else params.select(keys)
+    stage_params = flat(params) if keys is None else select(params, keys)
     status = "FAILED"
     try:
         with mlflow.start_run(experiment_id=experiment_id, run_name=stage, nested=True,
@@ -275,3 +271,29 @@ def stage_run(stage: str, params: Params, keys: Iterable[str] | None = None) -> 
         raise
     finally:
         _end_parent(parent_id, status)
+
+
+def tracked_stage(stage: str, params: Params, params_file: Path, metrics_path: Path, call: Callable[[], dict],
+                  artifacts: Iterable[Path] = (), to_parent: bool = False,
+                  parent_tags: Callable[[dict], dict[str, str]] = lambda metrics: {}) -> dict:
+    """`call` inside the stage's MLflow run, then its metrics file (on the parent too when `to_parent`),
+    artifacts and `parent_tags(metrics)`; only the main process of a distributed run tracks and writes."""
+    if not is_main_process():
+        return call()
+    with stage_run(stage, params, _declared_keys(params_file, stage)) as run:
+        metrics = call()
+        run.write_metrics(metrics_path, metrics, to_parent=to_parent)
+        for artifact in artifacts:
+            run.log_artifact(artifact)
+        for key, value in parent_tags(metrics).items():
+            run.set_parent_tag(key, value)
+    return metrics
+
+
+def _declared_keys(params_file: Path, stage: str) -> tuple[str, ...] | None:
+    """The keys dvc.yaml beside the params file declares for `stage` (what its run logs); all outside DVC."""
+    dvc_yaml = Path(params_file).parent / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        log.warning("%s not found: logging every param on the %s run", dvc_yaml, stage)
+        return None
+    return stage_param_keys(dvc_yaml, stage)

@@ -14,19 +14,18 @@ import shutil
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import (EarlyStoppingCallback, EvalPrediction, PreTrainedModel, Trainer, TrainerCallback,
-                          TrainingArguments)
+from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
 
 from nerdistill import tracking
 from nerdistill.data import TrainingData
 from nerdistill.losses import DistillContext, distillation_loss
 from nerdistill.metrics import entity_scores
-from nerdistill.modeling import CrfStudent, save_student
-from nerdistill.params import DistillParams, Params
+from nerdistill.modeling import CrfStudent
+from nerdistill.params import Schedule, TrainParams
 from nerdistill.teacher import teacher_forward
 from nerdistill.training_history import COMPONENTS, TrainResult, epoch_history
 
@@ -46,21 +45,21 @@ def precision_flags(precision: str) -> dict[str, bool]:
             return {"bf16": False, "fp16": False}
         return {"bf16": torch.cuda.is_bf16_supported(), "fp16": not torch.cuda.is_bf16_supported()}
     if precision == "fp16" and not on_gpu:
-        raise ValueError("distill.precision = fp16 needs a CUDA GPU; use auto, fp32 or bf16 on CPU")
+        raise ValueError("train.precision = fp16 needs a CUDA GPU; use auto, fp32 or bf16 on CPU")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def training_arguments(settings: DistillParams, seed: int, output_dir: Path, logging_steps: int = 10
-                       ) -> TrainingArguments:
-    """`settings` is a stage's view of the training params (Params.training)."""
+def training_arguments(settings: TrainParams, schedule: Schedule, seed: int, output_dir: Path,
+                       logging_steps: int = 10) -> TrainingArguments:
+    """The shared Trainer setup (`train:`) with one stage's epochs, learning rate and step cap."""
     return TrainingArguments(
         output_dir=str(output_dir),
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
+        num_train_epochs=schedule.epochs,
+        max_steps=schedule.max_steps,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
-        learning_rate=settings.learning_rate,
+        learning_rate=schedule.learning_rate,
         weight_decay=settings.weight_decay,
         warmup_steps=settings.warmup_ratio,  # a float < 1 is a fraction of the optimizer steps
         max_grad_norm=settings.max_grad_norm,
@@ -157,7 +156,7 @@ class DistillTrainer(Trainer):
         tracking.log_metrics({"nonfinite_steps": self.nonfinite_steps}, step=self.state.global_step)
         if self.nonfinite_steps > self.max_nonfinite_steps:
             raise TrainingDivergedError(
-                f"{self.nonfinite_steps} training steps had a NaN/inf loss (limit distill.max_nonfinite_steps="
+                f"{self.nonfinite_steps} training steps had a NaN/inf loss (limit train.max_nonfinite_steps="
                 f"{self.max_nonfinite_steps}); lower the learning rate, use precision: fp32 or bf16, "
                 "or check the teacher's outputs")
         # Zero gradients for every parameter (x * 0 has gradient 0 even where x is not finite), through
@@ -211,12 +210,12 @@ def seqeval_metrics(id2label: dict[int, str]) -> Callable[[EvalPrediction], dict
 
 
 def train_student(student: CrfStudent, teacher: torch.nn.Module, context: DistillContext, data: TrainingData,
-                  settings: DistillParams, seed: int, checkpoint_dir: Path, resume: bool
+                  settings: TrainParams, schedule: Schedule, seed: int, checkpoint_dir: Path, resume: bool
                   ) -> tuple[CrfStudent, TrainResult]:
     """Train with early stopping on val F1; returns the best model (loaded back by Trainer)."""
     steps_per_epoch = math.ceil(len(data.train) / (settings.batch_size * settings.gradient_accumulation_steps))
     trainer = DistillTrainer(
-        model=student, args=training_arguments(settings, seed, checkpoint_dir,
+        model=student, args=training_arguments(settings, schedule, seed, checkpoint_dir,
                                                logging_steps=max(1, min(50, steps_per_epoch // 4))),
         train_dataset=data.train, eval_dataset=data.val, data_collator=data.collator,
         compute_metrics=seqeval_metrics(student.config.id2label),
@@ -245,19 +244,6 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
     return trainer.model, result
 
 
-def train_stage(params: Params, stage: Literal["distill", "finetune"], student: CrfStudent,
-                teacher: PreTrainedModel, tokenizer: Any, data: TrainingData, checkpoint_dir: Path, resume: bool,
-                out_dir: Path) -> TrainResult:
-    """Train `student` with the stage's loss curriculum and training knobs; the main process saves the
-    best one."""
-    context = DistillContext.from_params(student, teacher.config.id2label, data.transitions, params, stage)
-    best, result = train_student(student, teacher, context, data, params.training(stage), params.base.seed,
-                                 checkpoint_dir, resume)
-    if tracking.is_main_process():
-        save_student(best, tokenizer, out_dir)
-    return result
-
-
 class Scorer:
     """The Trainer's own loss and validation F1 on a model that is not being trained (prune scores
     heads with the first and checks the pruned model with the second)."""
@@ -265,9 +251,9 @@ class Scorer:
     def __init__(self, student: CrfStudent, teacher: torch.nn.Module, context: DistillContext, data: TrainingData,
                  batch_size: int, seed: int) -> None:
         self._scratch = tempfile.TemporaryDirectory(prefix="nerdistill-scorer-")
-        settings = DistillParams(batch_size=batch_size, precision="fp32")
+        settings = TrainParams(batch_size=batch_size, precision="fp32")
         self.trainer = DistillTrainer(
-            model=student, args=training_arguments(settings, seed, Path(self._scratch.name)),
+            model=student, args=training_arguments(settings, Schedule(), seed, Path(self._scratch.name)),
             eval_dataset=data.val, data_collator=data.collator,
             compute_metrics=seqeval_metrics(student.config.id2label),
             teacher=teacher, context=context, max_nonfinite_steps=0, crf_lr_multiplier=settings.crf_lr_multiplier)

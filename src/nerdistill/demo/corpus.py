@@ -13,6 +13,7 @@ asks for the slot behind a preposition, contracted the French way ("du Finistèr
 """
 from __future__ import annotations
 
+import argparse
 import random
 import re
 from dataclasses import dataclass
@@ -459,3 +460,14 @@ def write_corpus(path: str | Path, seed: int, n: int) -> int:
     phrases = generate(seed, n)
     write_text(path, "".join(phrase.text + "\n" for phrase in phrases))
     return len(phrases)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--n", type=int, default=1200)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace, params: None) -> int:
+    write_corpus(args.out, seed=args.seed, n=args.n)
+    return 0

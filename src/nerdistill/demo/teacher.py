@@ -6,6 +6,7 @@ label set (O, I-LOC, I-PER, I-MISC, I-ORG), a few hundred thousand parameters.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import tempfile
@@ -216,3 +217,13 @@ def _train(model: PreTrainedModel, tokenizer: CamembertTokenizer, features: list
     trainer = Trainer(model=model, args=args, train_dataset=features,
                       data_collator=DataCollatorForTokenClassification(tokenizer))
     trainer.train()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def main(args: argparse.Namespace, params: None) -> int:
+    build_demo_teacher(args.out, seed=args.seed)
+    return 0

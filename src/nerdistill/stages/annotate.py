@@ -9,29 +9,30 @@ not a count of its argmax tags: the student's CRF is pulled towards the teacher'
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from nerdistill.data import Phrase, read_corpus
+from nerdistill.corpus import Phrase, read_corpus
 from nerdistill.annotated import SPLITS, AnnotatedDir
 from nerdistill.io import InputError, atomic_dir
 from nerdistill.labels import expected_transition_counts, transition_prior
 from nerdistill.params import Params, SplitRatios
-from nerdistill.tagger import NerTagger
+from nerdistill.tagger.teacher import teacher_tagger
 from nerdistill.text import Word, entity_spans, is_valid_iob2, split_words
+from nerdistill.tracking import tracked_stage
 
 log = logging.getLogger(__name__)
-
 
 
 def run(params: Params, corpus: Path, out_dir: Path) -> dict[str, Any]:
     settings = params.annotate
     raw = read_corpus(corpus, settings.max_line_chars)
     _check_skipped(corpus, raw.too_long, raw.skipped_fraction, settings.max_line_chars, settings.max_skipped_fraction)
-    tagger = NerTagger.for_teacher(params.teacher, drop_types=settings.drop_types)
+    tagger = teacher_tagger(params.teacher, drop_types=settings.drop_types)
     labels = tagger.labels
     log.info("teacher %s: labels %s -> student labels %s", params.teacher.model_name, tagger.backend.labels, labels)
 
@@ -131,3 +132,22 @@ def _metrics(records: list[dict[str, Any]], splits: dict[str, list[int]], skippe
         "skipped": skipped,
         "windowed_lines": windowed_lines,
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Bad input (a byte that is not UTF-8, malformed JSONL, a repeated id) stops with FILE:LINE and "
+                     "exit status 2; blank, repeated and over-long lines are skipped and counted in the metrics. The "
+                     "output folder is replaced whole at the end: on Ctrl-C or SIGTERM the previous one stays as it "
+                     "was (exit status 130 or 143).")
+    parser.add_argument("--corpus", type=Path, required=True,
+                        help=".txt (one phrase a line) or .jsonl with a text field")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder for {train,val,test}.jsonl, label2id.json, transitions.json")
+    parser.add_argument("--metrics", type=Path, required=True)
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
+    annotated = AnnotatedDir(args.out)
+    tracked_stage("annotate", params, args.params, args.metrics, lambda: run(params, args.corpus, args.out),
+                  artifacts=(annotated.label2id_path, annotated.transitions_path))
+    return 0

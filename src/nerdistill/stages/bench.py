@@ -16,6 +16,7 @@ teacher's fp32 figures (key names: `results.vs_teacher_fp32`).
 """
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -25,10 +26,12 @@ from nerdistill import benchmark as bm
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.metrics import entity_scores, restrict_types
 from nerdistill.params import BenchParams, Params, TeacherParams
-from nerdistill.model_folders import model_roles
+from nerdistill.model_folders import add_model_arguments, model_roles, named_models
 from nerdistill.plots import plot_latency
+from nerdistill.tracking import tracked_stage
 from nerdistill.results import CUDA, FP32, INT8, ONNX, natural_variant, vs_teacher_fp32
-from nerdistill.tagger import NerTagger, load_tagger
+from nerdistill.tagger.core import NerTagger
+from nerdistill.tagger.load import compared_tagger
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ def _bench(bench: BenchParams, teacher_params: TeacherParams, data_dir: Path, mo
     sentences, reference = [r["tokens"] for r in test], [r["ner_tags"] for r in test]
     kept_types = annotated.kept_types()
 
-    taggers = {name: load_tagger(path, teacher_params, "cpu", bench.threads) for name, path in models.items()}
+    taggers = {name: compared_tagger(path, teacher_params, "cpu", bench.threads) for name, path in models.items()}
     variants = _variants(bench, teacher_params, models, taggers, teacher, final)
     tokenizer = taggers[teacher].words.tokenizer
     workloads = bm.build_workloads(sentences, tokenizer, bench.doc_tokens, bench.batch_size)
@@ -101,7 +104,7 @@ def _variants(bench: BenchParams, teacher_params: TeacherParams, models: dict[st
     if bench.int8:
         variants |= {(name, INT8): bm.quantized(taggers[name]) for name in (teacher, final)}
     if torch.cuda.is_available():
-        variants |= {(name, CUDA): load_tagger(path, teacher_params, "cuda") for name, path in models.items()
+        variants |= {(name, CUDA): compared_tagger(path, teacher_params, "cuda") for name, path in models.items()
                      if taggers[name].kind != "onnx"}
     return variants
 
@@ -138,3 +141,16 @@ def _ratios(results: dict, teacher: str, final: str) -> dict[str, float]:
             pairs[vs_teacher_fp32(name, "peak_rss_mb")] = figures["peak_rss_mb"], base_fp32["peak_rss_mb"]
             pairs[vs_teacher_fp32(name, "disk_bytes")] = model["disk_bytes"], base["disk_bytes"]
     return {key: ours / theirs for key, (ours, theirs) in pairs.items() if ours is not None and theirs}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser, "time")
+    parser.add_argument("--plot", type=Path, required=True, help="latency and size bars of every variant (PNG)")
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
+    models = named_models(params.teacher.model_name, args.model)
+    tracked_stage("bench", params, args.params, args.metrics,
+                  lambda: run(params, data_dir=args.data, models=models, latency_png=args.plot),
+                  artifacts=(args.plot,), to_parent=True)
+    return 0

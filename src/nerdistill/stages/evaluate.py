@@ -12,6 +12,7 @@ written, is the last student folder (`model_folders.model_roles`).
 """
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -21,9 +22,10 @@ from nerdistill.annotated import AnnotatedDir
 from nerdistill.io import write_csv, write_jsonl
 from nerdistill.metrics import entity_scores, read_conll, restrict_types, type_confusion
 from nerdistill.params import Params
-from nerdistill.model_folders import model_roles
+from nerdistill.tracking import tracked_stage
+from nerdistill.model_folders import add_model_arguments, model_roles, named_models
 from nerdistill.plots import plot_confusion
-from nerdistill.tagger import load_tagger
+from nerdistill.tagger.load import compared_tagger
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ def run(params: Params, data_dir: Path, models: dict[str, str], per_class_csv: P
 
     predictions = {reference: {} for reference in references}
     for name, path in tqdm(models.items(), desc="evaluate", unit="model"):
-        tagger = load_tagger(path, params.teacher)
+        tagger = compared_tagger(path, params.teacher)
         for reference, (words, _) in references.items():
             tags = tagger.tag_words(words, batch_size=params.evaluate.batch_size)
             predictions[reference][name] = [restrict_types(t, kept_types) for t in tags]
@@ -102,3 +104,18 @@ def _worst(words: Tagging, reference: Tagging, predictions: dict[str, Tagging], 
             row["teacher_tags"] = predictions[teacher][index]
         rows.append(row)
     return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser, "score")
+    parser.add_argument("--per-class", type=Path, required=True, help="P/R/F1 per model, reference and type (CSV)")
+    parser.add_argument("--confusion", type=Path, required=True, help="the final student's type confusion (PNG)")
+    parser.add_argument("--errors", type=Path, required=True, help="the final student's worst sentences (JSONL)")
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
+    models = named_models(params.teacher.model_name, args.model)
+    tracked_stage("evaluate", params, args.params, args.metrics, lambda: run(
+        params, data_dir=args.data, models=models, per_class_csv=args.per_class, confusion_png=args.confusion,
+        errors_path=args.errors), artifacts=(args.per_class, args.confusion, args.errors), to_parent=True)
+    return 0

@@ -14,6 +14,7 @@ exporting cost.
 """
 from __future__ import annotations
 
+import argparse
 import logging
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from nerdistill.annotated import SPLITS, AnnotatedDir
 from nerdistill.export import export_student, load_student
 from nerdistill.metrics import entity_scores
 from nerdistill.params import Params
-from nerdistill.tagger import NerTagger
+from nerdistill.tracking import tracked_stage
+from nerdistill.tagger.load import load_tagger
 from nerdistill.vocab import trim_student
 
 log = logging.getLogger(__name__)
@@ -39,9 +41,9 @@ def run(params: Params, model_dir: Path, data_dir: Path, fp32_dir: Path, int8_di
     exports = export_student(student, tokenizer, fp32_dir, int8_dir, params.export, source=str(model_dir))
     del student  # the reference below is the saved, untrimmed student
 
-    reference = NerTagger.load(model_dir).tag_words(test, progress="export: PyTorch reference")
+    reference = load_tagger(model_dir).tag_words(test, progress="export: PyTorch reference")
     for name, folder in (("fp32", fp32_dir), ("int8", int8_dir)):
-        tags = NerTagger.load(folder).tag_words(test, progress=f"export: ONNX {name}")
+        tags = load_tagger(folder).tag_words(test, progress=f"export: ONNX {name}")
         scores = entity_scores(reference, tags)
         exports[name]["f1_vs_pytorch"] = scores["f1"]
         exports[name]["sentences_identical"] = sum(ours == theirs for ours, theirs in zip(tags, reference)) / len(test)
@@ -51,3 +53,18 @@ def run(params: Params, model_dir: Path, data_dir: Path, fp32_dir: Path, int8_di
     return {"source": str(model_dir), "vocab": {"mode": params.student.vocab, **vocab},
             "test_sentences": len(test), "reference_entities": scores["support"],
             **exports}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="student folder (finetune's output)")
+    parser.add_argument("--data", type=Path, required=True, help="annotate's output folder")
+    parser.add_argument("--fp32", type=Path, required=True, help="folder for the fp32 ONNX export")
+    parser.add_argument("--int8", type=Path, required=True, help="folder for the int8 ONNX export")
+    parser.add_argument("--metrics", type=Path, required=True)
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
+    tracked_stage("export", params, args.params, args.metrics,
+                  lambda: run(params, model_dir=args.model, data_dir=args.data, fp32_dir=args.fp32, int8_dir=args.int8),
+                  artifacts=(args.int8,), to_parent=True)
+    return 0

@@ -31,11 +31,15 @@ failure means (`on_fail`). gate.json is the flat summary `results.GATE_KEYS`.
 """
 from __future__ import annotations
 
+import argparse
 import logging
+from pathlib import Path
 
+from nerdistill.io import read_json
 from nerdistill.params import Params, ParamsError
 from nerdistill.results import AGREEMENT, CPU_VARIANTS, FP32, GO, GOLD, INT8, NOGO, REVIEW, drop_path, f1_path, \
-    lookup, natural_variant, number, variant_path
+    gate_summary, lookup, natural_variant, number, variant_path
+from nerdistill.tracking import tracked_stage
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,8 @@ def exit_code(result: dict, params: Params) -> int:
 
 def _judged(params: Params, eval_metrics: dict, bench_metrics: dict) -> tuple[str, str]:
     """(model, variant) named by gate.variant, checked against what bench measured and evaluate scored."""
-    model, variant = params.gate.judged()
+    model, _, variant = params.gate.variant.partition(":")
+    variant = variant or None  # left to the model's kind
     models = lookup(bench_metrics, ("models",), "bench")
     measured = [f"{name}:{v}" for name, entry in models.items() for v in entry.get("variants", {}) if v in CPU_VARIANTS]
     hint = (f"it measured {', '.join(measured)}: set gate.variant to one of them (MODEL:VARIANT, or MODEL for its "
@@ -121,3 +126,17 @@ def _checks(params: Params, bench_metrics: dict, judged: str, basis: str, f1: fl
 def _check(name: str, value: float, threshold: float, passed: bool, on_fail: str, source: str) -> dict:
     return {"name": name, "value": value, "threshold": threshold, "passed": passed, "on_fail": on_fail,
             "source": source}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--eval", type=Path, required=True, help="evaluate's metrics JSON")
+    parser.add_argument("--bench", type=Path, required=True, help="bench's metrics JSON")
+    parser.add_argument("--out", type=Path, required=True, help="gate.json")
+
+
+def main(args: argparse.Namespace, params: Params) -> int:
+    eval_metrics, bench_metrics = read_json(args.eval), read_json(args.bench)
+    result = tracked_stage("gate", params, args.params, args.out, lambda: run(params, eval_metrics, bench_metrics),
+                           to_parent=True, parent_tags=lambda result: {"gate": result["decision"]})
+    print(gate_summary(result))
+    return exit_code(result, params)

@@ -1,0 +1,56 @@
+"""An ONNX export (written by `nerdistill.export`) as a tagger backend: the same emissions as the
+student from onnxruntime, the same Viterbi with the transitions saved at export time, the same score."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from nerdistill.crf import CrfWeights
+from nerdistill.io import read_json
+from nerdistill.model_folders import CRF_FILE, ONNX_MANIFEST, load_tokenizer
+from nerdistill.tagger.core import WindowLimits, WindowOutput, with_scores
+
+
+class OnnxBackend:
+    """The exported encoder + emissions under onnxruntime; Viterbi with the exported CRF weights."""
+
+    kind = "onnx"
+
+    def __init__(self, folder: Path, manifest: dict[str, Any], device: torch.device, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        # onnxruntime's threads otherwise spin on the cores after each run, taking them from whatever
+        # runs next in the process: bench interleaves variants in one process, and there every
+        # variant, PyTorch ones too, measured 2-4x slower (real stand-in student, 2 threads).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(folder / manifest["model_file"]), options, providers=providers)
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        # The exported student's PyTorch count (the graph's initialisers also hold quantisation scales).
+        self.parameters: int | None = manifest.get("parameters")
+        crf = read_json(folder / CRF_FILE)
+        self.labels = list(crf["labels"])
+        self.crf = CrfWeights(*(torch.tensor(crf[key], dtype=torch.float32) for key in ("start", "end", "transitions")))
+
+    def predict(self, batch: dict[str, torch.Tensor]) -> list[WindowOutput]:
+        feeds = {name: batch[name].numpy() for name in self.input_names}
+        emissions = torch.from_numpy(self.session.run(["emissions"], feeds)[0]).float()  # (B, W, L)
+        return with_scores(emissions.softmax(-1), self.crf.decode(emissions, batch), self.labels)
+
+
+def open_onnx(folder: Path, device: torch.device, threads: int | None
+              ) -> tuple[OnnxBackend, PreTrainedTokenizerBase, WindowLimits]:
+    """The backend, tokenizer and window limits of an export folder: by default the student's window,
+    as the export's manifest records it. `threads` sets onnxruntime's intra-op threads."""
+    manifest = read_json(folder / ONNX_MANIFEST)
+    backend = OnnxBackend(folder, manifest, device, threads)
+    limits = WindowLimits(manifest["max_positions"], manifest["max_length"], manifest["stride"])
+    return backend, load_tokenizer(folder), limits
