@@ -223,7 +223,7 @@ def test_model_folder_without_weights_blames_the_option(tmp_path, demo_teacher_d
 def test_resume_logs_the_checkpoint(random_teacher_dir, annotated_dir, tmp_path, caplog):
     from nerdistill.annotated import AnnotatedDir
     from nerdistill.data import load_training_data
-    from nerdistill.losses import DistillContext
+    from nerdistill.losses import Curriculum, DistillContext
     from nerdistill.modeling import build_student
     from nerdistill.trainer import train_student
     from nerdistill.teacher import load_teacher
@@ -243,7 +243,8 @@ def test_resume_logs_the_checkpoint(random_teacher_dir, annotated_dir, tmp_path,
         student = fresh_student()
         context = DistillContext.build(student.config.id2label, 2, teacher.config.id2label, data.transitions,
                                        params.train.layer_map.pairs(), params.train.temperature,
-                                       params.distill.curriculum())
+                                       Curriculum(params.distill.phase1_epochs, params.distill.phase1_weights,
+                                                  params.distill.phase2_weights))
         train_student(student, teacher, context, data, params.train, params.distill, 42, tmp_path / "ckpt", resume)
 
     fit(resume=False)

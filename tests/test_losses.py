@@ -11,8 +11,9 @@ from transformers import CamembertConfig, CamembertForTokenClassification
 
 from nerdistill.labels import (allowed_start, allowed_transition, expected_transition_counts, shared_space,
                                student_labels, transition_prior)
-from nerdistill.losses import DistillContext, distillation_loss, hidden_loss, kd_loss, transition_loss
-from nerdistill.params import Curriculum, Weights
+from nerdistill.losses import (Curriculum, DistillContext, distillation_loss, hidden_loss, kd_loss,
+                               transition_loss)
+from nerdistill.params import Weights
 from nerdistill.crf import crf_log_marginals
 from nerdistill.modeling import build_student
 from nerdistill.teacher import teacher_forward

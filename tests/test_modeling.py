@@ -260,9 +260,9 @@ def test_load_teacher_returns_frozen_eval_model(random_teacher_dir: Path):
 
 def test_crf_starts_from_the_transition_prior_and_refuses_another_shape(student):
     from nerdistill.labels import expected_transition_counts, transition_prior
-    from nerdistill.losses import DistillContext
+    from nerdistill.losses import Curriculum, DistillContext
     from nerdistill.modeling import init_crf_from_prior
-    from nerdistill.params import Curriculum, Weights
+    from nerdistill.params import Weights
 
     names = [STUDENT_LABELS[i] for i in range(len(STUDENT_LABELS))]
     lines = [torch.eye(len(names))[[0, 1, 2, 0]], torch.eye(len(names))[[5, 6, 0]]]  # one-hot teacher distributions

@@ -7,7 +7,7 @@ from transformers import AutoTokenizer
 
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
-from nerdistill.losses import DistillContext
+from nerdistill.losses import Curriculum, DistillContext
 from nerdistill.modeling import build_student
 from nerdistill.teacher import load_teacher
 from nerdistill.params import Schedule, TrainParams, Weights
@@ -41,9 +41,11 @@ def _fit(student, teacher, data, params, checkpoint_dir, weights=None):
 
 
 def _context(student, teacher, data, params):
+    distill = params.distill
     return DistillContext.build(student.config.id2label, student.config.encoder.num_hidden_layers,
                                 teacher.config.id2label, data.transitions, params.train.layer_map.pairs(),
-                                params.train.temperature, params.distill.curriculum())
+                                params.train.temperature,
+                                Curriculum(distill.phase1_epochs, distill.phase1_weights, distill.phase2_weights))
 
 
 def _subset(data, n_train, n_val):

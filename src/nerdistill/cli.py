@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "prune": ("remove the least important attention heads and FFN neurons physically", True),
     "finetune": ("recover the pruned student with the teacher", True),
     "export": ("ONNX exports of a student, fp32 and dynamic int8, with their fidelity to the PyTorch student", True),
+    "export-teacher": ("the teacher as ONNX dynamic int8: what quantising alone gives, the baseline to beat", True),
     "evaluate": ("seqeval strict IOB2 scores of the teacher and every model", True),
     "bench": ("latency, throughput, memory and size of the teacher and every model", True),
     "gate": ("GO / REVIEW / NO-GO for the model gate.variant names, from the eval and bench metrics", True),
@@ -50,6 +51,8 @@ def command_module(name: str) -> ModuleType:
         from nerdistill.stages import finetune as module
     elif name == "export":
         from nerdistill.stages import export as module
+    elif name == "export-teacher":
+        from nerdistill.stages import export_teacher as module
     elif name == "evaluate":
         from nerdistill.stages import evaluate as module
     elif name == "bench":

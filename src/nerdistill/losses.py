@@ -22,7 +22,7 @@ Each term is a mean on one scale, so a weight means what it says:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from nerdistill import labels
 from nerdistill.crf import crf_log_marginals
 from nerdistill.modeling import StudentOutput
-from nerdistill.params import Curriculum, Weights
+from nerdistill.params import Weights
 
 
 # Probabilities are clamped before the log: the shared-space sums are exact zeros only
@@ -93,6 +93,21 @@ def transition_loss(crf_scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     squared = torch.cat([((start - prior_start).pow(2) * allowed_start).flatten(), (end - prior_end).pow(2).flatten(),
                          ((transitions - prior_transitions).pow(2) * allowed_moves).flatten()])
     return squared.sum() / (allowed_start.sum() + end.numel() + allowed_moves.sum())
+
+
+class Curriculum(NamedTuple):
+    """A stage's loss weights: `first` in epochs [0, first_epochs) (0-based, as Trainer counts), then `then`.
+    distill follows its two phases (`distill.phase*`); prune and finetune use `finetune.weights` throughout."""
+    first_epochs: int
+    first: Weights
+    then: Weights
+
+    @classmethod
+    def constant(cls, weights: Weights) -> Curriculum:
+        return cls(0, weights, weights)
+
+    def weights(self, epoch: float) -> Weights:
+        return self.first if epoch < self.first_epochs else self.then
 
 
 @dataclass

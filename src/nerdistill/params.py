@@ -116,16 +116,6 @@ class Weights(typing.NamedTuple):
     crf: float
 
 
-class Curriculum(typing.NamedTuple):
-    """A stage's loss weights: `first` in epochs [0, first_epochs) (0-based, as Trainer counts), then `then`."""
-    first_epochs: int
-    first: Weights
-    then: Weights
-
-    def weights(self, epoch: float) -> Weights:
-        return self.first if epoch < self.first_epochs else self.then
-
-
 @dataclass(frozen=True)
 class TrainParams(Section):
     """What distill and finetune share: one Trainer setup, one loss definition (temperature, layer pairs)."""
@@ -180,9 +170,6 @@ class DistillParams(Schedule):
         for name in ("phase1_weights", "phase2_weights"):
             _check_weights(getattr(self, name), f"{key}.{name}")
 
-    def curriculum(self) -> Curriculum:
-        return Curriculum(self.phase1_epochs, self.phase1_weights, self.phase2_weights)
-
 
 @dataclass(frozen=True)
 class PruningParams(Section):
@@ -206,10 +193,6 @@ class FinetuneParams(Schedule):
     def check(self, key: str) -> None:
         super().check(key)
         _check_weights(self.weights, f"{key}.weights")
-
-    def curriculum(self) -> Curriculum:
-        """One set of weights throughout (prune scores importance with it too)."""
-        return Curriculum(0, self.weights, self.weights)
 
 
 @dataclass(frozen=True)
@@ -238,7 +221,10 @@ class BenchParams(Section):
     batch_size: int = 32
     threads: int = 2
     int8: bool = True
-    minimums = {"doc_tokens": 1, "warmup": 0, "repeats": 1, "batch_size": 1, "threads": 1}
+    max_spread: float = 2.0
+    max_retries: int = 2
+    minimums = {"doc_tokens": 1, "warmup": 0, "repeats": 1, "batch_size": 1, "threads": 1, "max_spread": 1,
+                "max_retries": 0}
 
 
 @dataclass(frozen=True)
@@ -249,14 +235,17 @@ class GateParams(Section):
     go_latency_ms: float = 200.0
     nogo_latency_ms: float = 300.0
     max_memory_mb: float = 4096.0
+    max_latency_ratio_vs_teacher_int8: float = 0.6
+    min_export_fidelity: float = 0.99
     fail_on_nogo: bool = False
     variant: str = "onnx_int8"
-    minimums = {"max_f1_drop": 0, "max_memory_mb": 1}
+    minimums = {"max_f1_drop": 0, "max_memory_mb": 1, "max_latency_ratio_vs_teacher_int8": 0}
 
     def check(self, key: str) -> None:
         _check(0 <= self.max_agreement_drop <= 100, f"{key}.max_agreement_drop", self.max_agreement_drop,
                "points of agreement F1 in [0, 100]")
-        _check(0 <= self.min_f1 <= 1, f"{key}.min_f1", self.min_f1, "an F1 in [0, 1]")
+        for name in ("min_f1", "min_export_fidelity"):
+            _check(0 <= getattr(self, name) <= 1, f"{key}.{name}", getattr(self, name), "an F1 in [0, 1]")
         _check(0 < self.go_latency_ms <= self.nogo_latency_ms, f"{key}.go_latency_ms", self.go_latency_ms,
                f"a latency > 0 and <= gate.nogo_latency_ms ({self.nogo_latency_ms})")
         model, sep, variant = self.variant.partition(":")

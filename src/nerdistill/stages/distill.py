@@ -13,7 +13,7 @@ from transformers import set_seed
 
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
-from nerdistill.losses import DistillContext
+from nerdistill.losses import Curriculum, DistillContext
 from nerdistill.model_folders import provenance
 from nerdistill.modeling import build_student, save_student
 from nerdistill.params import Params
@@ -25,7 +25,7 @@ from nerdistill.trainer import train_student
 
 def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, components_csv: Path,
         plot_png: Path, checkpoint_dir: Path, resume: bool = False) -> dict:
-    train, student_params = params.train, params.student
+    train, distill, student_params = params.train, params.distill, params.student
     check_against_teacher(params)
     # The emissions layer and the CRF are initialised before Trainer seeds anything.
     set_seed(params.base.seed)
@@ -33,11 +33,11 @@ def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, compon
     data = load_training_data(AnnotatedDir(data_dir), tokenizer, student_params.max_length, params.teacher.stride)
     context = DistillContext.build(data.id2label, student_params.num_layers, teacher.config.id2label,
                                    data.transitions, train.layer_map.pairs(), train.temperature,
-                                   params.distill.curriculum())
+                                   Curriculum(distill.phase1_epochs, distill.phase1_weights, distill.phase2_weights))
     student = build_student(teacher, data.id2label, list(student_params.teacher_layers), student_params.dropout,
                             provenance=provenance(params),
-                            crf_prior=context.crf_prior() if params.distill.crf_init == "prior" else None)
-    best, result = train_student(student, teacher, context, data, train, params.distill, params.base.seed,
+                            crf_prior=context.crf_prior() if distill.crf_init == "prior" else None)
+    best, result = train_student(student, teacher, context, data, train, distill, params.base.seed,
                                  checkpoint_dir, resume)
     if not is_main_process():
         return result.summary()  # the main process writes the outputs

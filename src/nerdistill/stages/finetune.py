@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
-from nerdistill.losses import DistillContext
+from nerdistill.losses import Curriculum, DistillContext
 from nerdistill.model_folders import provenance
 from nerdistill.modeling import CrfStudent, save_student
 from nerdistill.params import Params
@@ -27,7 +27,7 @@ def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, history_
     student.config.provenance = provenance(params, earlier=student.config.provenance)
     context = DistillContext.build(student.config.id2label, student.config.encoder.num_hidden_layers,
                                    teacher.config.id2label, data.transitions, train.layer_map.pairs(),
-                                   train.temperature, params.finetune.curriculum())
+                                   train.temperature, Curriculum.constant(params.finetune.weights))
     best, result = train_student(student, teacher, context, data, train, params.finetune, params.base.seed,
                                  checkpoint_dir, resume)
     if not is_main_process():

@@ -1,8 +1,8 @@
 """prune: score attention heads and FFN neurons by gradient importance (one pass), remove the least
 important physically.
 
-Importance is measured with the post-prune finetune loss (`finetune.weights`, with `train.temperature`
-and `train.layer_map`), the objective the pruned student is about to be trained on. Head numbers in `heads_pruned.json` and the
+Importance is measured with the post-prune finetune loss (`finetune.weights`, with
+`train.temperature` and `train.layer_map`), the objective the pruned student is trained on next. Head numbers in `heads_pruned.json` and the
 model's provenance (`heads_kept`, `neurons_kept_mask`) are the ORIGINAL ones (those of the
 unpruned student), also when the input model was already pruned; the importance JSON and
 heatmap use the input model's current heads. `pruning.ffn_ratio: 0` leaves the FFN untouched.
@@ -21,7 +21,7 @@ from nerdistill import importance, pruning
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import TrainingData, load_training_data
 from nerdistill.io import write_json
-from nerdistill.losses import DistillContext
+from nerdistill.losses import Curriculum, DistillContext
 from nerdistill.modeling import CrfStudent, save_student
 from nerdistill.params import Params, PruningParams
 from nerdistill.plots import plot_importance
@@ -44,7 +44,7 @@ def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, importan
     originals = pruning.originals_now(student, model_dir)
     context = DistillContext.build(student.config.id2label, student.config.encoder.num_hidden_layers,
                                    teacher.config.id2label, data.transitions, params.train.layer_map.pairs(),
-                                   params.train.temperature, params.finetune.curriculum())
+                                   params.train.temperature, Curriculum.constant(params.finetune.weights))
     # The Trainer's own loss (finetune.weights, the objective the pruned student trains on next)
     # and its own validation F1: prune measures what distill and finetune optimise.
     scorer = Scorer(student, teacher, context, data, params.pruning.batch_size, params.base.seed)
