@@ -74,12 +74,33 @@ def test_transition_prior_log_frequencies_and_impossible_moves():
     assert prior["start"][2] == IMPOSSIBLE
     assert math.isclose(prior["start"][0], math.log(2 / 4)) and math.isclose(prior["start"][1], math.log(2 / 4))
     assert prior["transitions"][0][2] == IMPOSSIBLE
-    # From O: O->O once, O->B-PER never, O->I-PER impossible: (1+1)/(1+2), (0+1)/(1+2).
-    assert math.isclose(prior["transitions"][0][0], math.log(2 / 3))
-    assert math.isclose(prior["transitions"][0][1], math.log(1 / 3))
-    for row in prior["transitions"]:
-        assert math.isclose(sum(math.exp(v) for v in row if v != IMPOSSIBLE), 1.0)
+    # O occurs 3 times: O->O once, O->B-PER never, ends twice, O->I-PER impossible:
+    # (1+1)/(1+0+2+3), (0+1)/6, end (2+1)/6.
+    assert math.isclose(prior["transitions"][0][0], math.log(2 / 6))
+    assert math.isclose(prior["transitions"][0][1], math.log(1 / 6))
+    assert math.isclose(prior["end"][0], math.log(3 / 6))
     assert len(prior["end"]) == 3 and IMPOSSIBLE not in prior["end"]
+    for row, end in zip(prior["transitions"], prior["end"]):
+        assert math.isclose(sum(math.exp(v) for v in row if v != IMPOSSIBLE) + math.exp(end), 1.0)
+
+
+def test_end_prior_is_the_chance_of_ending_given_the_label():
+    # Every line ends in O; I-PER is frequent (long names) but never last. P(last = I-PER) = 0 and
+    # P(last = O) = 1 whatever the counts; P(end | label) is what a CRF's end score means.
+    labels = ["O", "B-PER", "I-PER"]
+    line = ["O", "B-PER", *["I-PER"] * 6, "O"]
+    prior = transition_prior(*expected_transition_counts([one_hot(line, labels)] * 20, labels, labels, []), labels)
+    end = dict(zip(labels, prior["end"]))
+    # O: 40 occurrences, 20 last, 20 -> B-PER: (20+1)/(1+21+21). I-PER: 120, none last: 1/(21+1+101+1).
+    assert math.isclose(end["O"], math.log(21 / 43)) and math.isclose(end["I-PER"], math.log(1 / 124))
+    assert end["I-PER"] < end["O"] - 3
+    for row, row_end in zip(prior["transitions"], prior["end"]):
+        assert math.isclose(sum(math.exp(v) for v in row if v != IMPOSSIBLE) + math.exp(row_end), 1.0)
+    # Soft distributions too: the rows stay normalised jointly with the end.
+    soft = [torch.randn(n, 3, generator=torch.Generator().manual_seed(n)).softmax(-1) for n in (1, 3, 5)]
+    prior = transition_prior(*expected_transition_counts(soft, labels, labels, []), labels)
+    for row, row_end in zip(prior["transitions"], prior["end"]):
+        assert math.isclose(sum(math.exp(v) for v in row if v != IMPOSSIBLE) + math.exp(row_end), 1.0)
 
 
 def test_expected_counts_are_the_mean_counts_over_every_teacher_labelling():

@@ -4,10 +4,10 @@
   neuron's activation, through forward pre-hooks on the layer's output projections
   (`attention.output.dense`, `output.dense`). Gating the attention output, not the attention
   probabilities, works with SDPA and flash attention, which never expose the probabilities.
-- `score` is the gradient of both gate sets from one backward pass per batch (Michel et al.,
-  2019, "Are Sixteen Heads Really Better than One?", for heads; the same grad x activation
-  score for neurons): |sum over tokens of grad x activation| of each unit's output, summed over
-  batches and L2-normalised per layer.
+- `score` is the gradient of both gate sets, one gate per example, from one backward pass per
+  batch (Michel et al., 2019, "Are Sixteen Heads Really Better than One?", for heads; the same
+  grad x activation score for neurons): the mean over examples of |sum over the example's tokens
+  of grad x activation| of each unit's output, L2-normalised per layer.
 - `select_heads` / `select_neurons` turn scores into the units to keep, with one rounding rule;
   `select` does both, and `scores_json` is what the importance JSON holds.
 
@@ -42,22 +42,26 @@ MIN_NEURON_SHARE = 0.05
 class _Gates:
     """Multiply each unit's slice of the input of `projection(layer)` by `gates[layer, unit]` while open.
 
-    `gates` defaults to ones with `requires_grad=True` (for importance); pass a 0/1 tensor to
-    mask units. Shape (layers, max units); columns past a layer's unit count are unused.
+    `gates` defaults to ones; pass a 0/1 tensor to mask units. Shape (layers, max units); columns
+    past a layer's unit count are unused. With `per_example`, each forward also multiplies by a
+    fresh leaf of ones per layer, `probes[layer]` (B, units): d loss / d probes[layer][b, u] is
+    example b's own grad x activation of unit u (summed over its positions), where a gate shared by
+    the batch would sum the examples' terms, letting opposite signs cancel (for importance).
     """
 
     def __init__(self, encoder: nn.Module, counts: list[int], projection: Callable[[nn.Module], nn.Linear],
-                 gates: torch.Tensor | None) -> None:
+                 gates: torch.Tensor | None, per_example: bool) -> None:
         self.layers = encoder_layers(encoder)
         self.counts = counts
         self._projection = projection
         if gates is None:
-            device = projection(self.layers[0]).weight.device
-            gates = torch.ones(len(counts), max(counts), device=device, requires_grad=True)
+            gates = torch.ones(len(counts), max(counts), device=projection(self.layers[0]).weight.device)
         if gates.dim() != 2 or gates.shape[0] != len(counts) or gates.shape[1] < max(counts):
             raise ValueError(f"gates shape {tuple(gates.shape)} must be (layers={len(counts)}, "
                              f">= max units per layer={max(counts)})")
         self.gates = gates
+        self.per_example = per_example
+        self.probes: list[torch.Tensor | None] = [None] * len(counts)  # (B, units) each, from the last forward
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> _Gates:
@@ -76,23 +80,30 @@ class _Gates:
         def gate(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor]:
             features = args[0]  # (B, T, units * unit_size); unit_size = head size, or 1 for neurons
             per_unit = features.unflatten(-1, (units, -1))  # (B, T, units, unit_size)
-            weights = self.gates[index, :units].to(features.dtype)[:, None]  # (units, 1)
-            return ((per_unit * weights).flatten(-2),)
+            weights = self.gates[index, :units]  # (units,)
+            if not self.per_example:
+                return ((per_unit * weights.to(features.dtype)[:, None]).flatten(-2),)
+            # fp32 leaf whatever the features' dtype, so the gradients are accumulated in fp32.
+            probe = torch.ones(features.shape[0], units, device=features.device, requires_grad=True)  # (B, units)
+            self.probes[index] = probe
+            per_example = (weights * probe).to(features.dtype)[:, None, :, None]  # (B, 1, units, 1)
+            return ((per_unit * per_example).flatten(-2),)
         return gate
 
 
 class HeadGates(_Gates):
     """Gates on attention heads: (layers, max heads)."""
 
-    def __init__(self, encoder: nn.Module, gates: torch.Tensor | None = None) -> None:
-        super().__init__(encoder, head_counts(encoder), lambda layer: layer.attention.output.dense, gates)
+    def __init__(self, encoder: nn.Module, gates: torch.Tensor | None = None, per_example: bool = False) -> None:
+        super().__init__(encoder, head_counts(encoder), lambda layer: layer.attention.output.dense, gates,
+                         per_example)
 
 
 class NeuronGates(_Gates):
     """Gates on FFN neurons, after the activation: (layers, max FFN size)."""
 
-    def __init__(self, encoder: nn.Module, gates: torch.Tensor | None = None) -> None:
-        super().__init__(encoder, ffn_sizes(encoder), lambda layer: layer.output.dense, gates)
+    def __init__(self, encoder: nn.Module, gates: torch.Tensor | None = None, per_example: bool = False) -> None:
+        super().__init__(encoder, ffn_sizes(encoder), lambda layer: layer.output.dense, gates, per_example)
 
 
 class Importance(NamedTuple):
@@ -106,37 +117,50 @@ def score(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
           loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor], num_batches: int) -> Importance:
     """Head and neuron importance from one backward pass per batch.
 
-    Importance = sum over batches of |d loss / d gate|; the gate gradient equals the sum over
-    tokens of grad x activation of the unit's output. Heads or neurons a layer does not have
-    (after an uneven pruning) are NaN. Runs in eval mode so that dropout does not add noise.
+    Importance of a unit = mean over examples of |d loss_b / d gate|, where the gate gradient is
+    the sum over example b's positions of grad x activation of the unit's output (Michel et al.
+    take |.| per example: summed over a batch first, opposite signs would cancel). `loss_fn`
+    returns a batch mean, which scales example b's term by 1/B: each term is multiplied back by
+    the batch's size B, so with a mean over examples it is exactly example b's own gradient and a
+    last, shorter batch weighs per example like the others (the per-layer L2 normalisation then
+    removes any common scale). Heads or neurons a layer does not have (after an uneven pruning)
+    are NaN. Runs in eval mode so that dropout does not add noise.
     """
     device = next(model.parameters()).device
-    heads, neurons = HeadGates(model), NeuronGates(model)
+    heads, neurons = HeadGates(model, per_example=True), NeuronGates(model, per_example=True)
     totals = [torch.zeros_like(heads.gates), torch.zeros_like(neurons.gates)]
     was_training = model.training
     model.eval()
-    used = 0
+    used = examples = 0
     try:
         with heads, neurons:
             for batch in tqdm(islice(batches, num_batches), total=num_batches, desc="importance", unit="batch"):
                 batch = {key: value.to(device) if isinstance(value, torch.Tensor) else value
                          for key, value in batch.items()}
-                grads = torch.autograd.grad(loss_fn(model, batch), (heads.gates, neurons.gates))
+                heads.probes, neurons.probes = [None] * len(heads.counts), [None] * len(neurons.counts)
+                loss = loss_fn(model, batch)
+                probes = [*heads.probes, *neurons.probes]
+                if any(probe is None for probe in probes):
+                    raise ValueError("importance: the loss function did not run every encoder layer of the model")
+                grads = torch.autograd.grad(loss, probes, allow_unused=True, materialize_grads=True)  # (B, units)
                 if not all(torch.isfinite(grad).all() for grad in grads):
                     # A NaN would later read as "this unit does not exist" and silently spare it.
                     raise ValueError(f"importance: non-finite loss gradient on batch {used}; the model "
                                      "or the teacher produces NaN/inf outputs on this data")
-                for total, grad in zip(totals, grads):
-                    total += grad.abs()
+                size = grads[0].shape[0]
+                for layer, grad in enumerate(grads):  # heads' layers, then the neurons'
+                    kind, row = divmod(layer, len(heads.counts))
+                    totals[kind][row, :grad.shape[1]] += (grad * size).abs().sum(dim=0)
                 used += 1
+                examples += size
     finally:
         model.train(was_training)
     if used < num_batches:
         log.warning("importance: only %d batches available, %d requested", used, num_batches)
     if used == 0:
         raise ValueError("importance needs at least one batch; the data set is empty")
-    return Importance(_normalise_per_layer(totals[0].detach().cpu(), heads.counts),
-                      _normalise_per_layer(totals[1].detach().cpu(), neurons.counts))
+    return Importance(_normalise_per_layer(totals[0].cpu() / examples, heads.counts),
+                      _normalise_per_layer(totals[1].cpu() / examples, neurons.counts))
 
 
 def _normalise_per_layer(total: torch.Tensor, counts: list[int]) -> torch.Tensor:

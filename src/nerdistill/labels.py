@@ -176,18 +176,23 @@ def _student_label_of(teacher_labels: Sequence[str], labels: Sequence[str], drop
 def transition_prior(start: torch.Tensor, end: torch.Tensor, moves: torch.Tensor, labels: Sequence[str]) -> dict:
     """Log frequencies of IOB2 moves from (expected) counts, the transitions.json format.
 
-    `start[j] = log P(first = j)`, `end[i] = log P(last = i)`, `transitions[i][j] = log P(next = j |
-    previous = i)`, each add-one smoothed over the allowed moves only; impossible IOB2 moves get
-    `IMPOSSIBLE`. The teacher has no CRF: this prior stands in for its transition matrix.
+    `start[j] = log P(first = j)`; from label i a line either moves on or ends, so
+    `transitions[i][j] = log P(next = j | i)` and `end[i] = log P(end | i)` share one denominator,
+    the occurrences of i: `exp(transitions[i]) + exp(end[i])` sums to 1 (a Markov chain with a stop
+    state, whose path log-probability is exactly the CRF's start + transitions + end score). Each
+    is add-one smoothed over the allowed outcomes only; impossible IOB2 moves get `IMPOSSIBLE`.
+    The teacher has no CRF: this prior stands in for its transition matrix.
     """
     size = len(labels)
     start_allowed = [allowed_start(label) for label in labels]
+    # Row i over [next label j..., end]: ending is always allowed.
+    rows = [_log_smoothed([*moves[i].tolist(), float(end[i])],
+                          [*(allowed_transition(labels[i], label) for label in labels), True]) for i in range(size)]
     return {
         "labels": list(labels),
         "start": _log_smoothed(start.tolist(), start_allowed),
-        "end": _log_smoothed(end.tolist(), [True] * size),
-        "transitions": [_log_smoothed(moves[i].tolist(), [allowed_transition(labels[i], label) for label in labels])
-                        for i in range(size)],
+        "end": [row[-1] for row in rows],
+        "transitions": [row[:-1] for row in rows],
     }
 
 
