@@ -222,7 +222,8 @@ def test_report_draws_the_pareto_front(toy_repo: tuple[Path, str], tmp_path: Pat
     # Both rows are within the gate's 5-point bound; the baseline is the cheaper.
     assert ("<b>Recommended: main</b> (L3-h25), the cheapest on CPU p50 within 5 F1 points (agreement) of the "
             "teacher in fp32 (1.0000): F1 0.9750 (-2.50 points), 25 ms CPU p50 per document (0.12&times; the "
-            "teacher's fp32 in its bench)") in page
+            "teacher's fp32, ?&times; its int8 export, in its bench)") in page  # no teacher int8 in the toy bench
+    assert "peak memory 100 MB." in page
     assert "F1 (agreement)" in page
 
 

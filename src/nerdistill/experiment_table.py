@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from nerdistill.io import InputError
-from nerdistill.results import AGREEMENT, FINAL, FP32, GOLD, INT8, drop_path, f1_path, ratio_path, variant_path
-
-PARAMS_FILE = "params.yaml"
-EVAL, BENCH, GATE, PRUNE = "metrics/eval.json", "metrics/bench.json", "metrics/gate.json", "metrics/prune.json"
+from nerdistill.results import AGREEMENT, BENCH, EVAL, FINAL, FP32, GATE, GOLD, INT8, PARAMS_FILE, PRUNE, drop_path, \
+    f1_path, ratio_path, variant_path
 
 
 @dataclass(frozen=True)

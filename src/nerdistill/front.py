@@ -12,17 +12,20 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
-from nerdistill.results import AGREEMENT, FP32, GOLD, INT8, SUMMARY_BYTES, SUMMARY_F1, SUMMARY_LATENCY_RATIO, \
-    SUMMARY_P50, SUMMARY_SIZE_RATIO, f1_path, lookup, number, summary, variant_path
+from nerdistill.results import AGREEMENT, BENCH, EVAL, FP32, GATE, GOLD, INT8, NOGO, PARAMS_FILE, SUMMARY_BYTES, \
+    SUMMARY_F1, SUMMARY_LATENCY_RATIO, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_RSS, SUMMARY_SIZE_RATIO, \
+    SUMMARY_SIZE_RATIO_INT8, f1_path, lookup, number, summary, variant_path
 from nerdistill.sweep import NAME_PARTS, point_name
 
 # Each cost a panel of the front is drawn against: its figure key -> (axis title, unit).
 COSTS = {SUMMARY_P50: ("CPU p50 per document", "ms"), SUMMARY_BYTES: ("size on disk", "B")}
-RATIOS = {SUMMARY_P50: SUMMARY_LATENCY_RATIO, SUMMARY_BYTES: SUMMARY_SIZE_RATIO}  # COSTS key -> its summary ratio
+# COSTS key -> its ratios in the point's own bench: over the teacher's fp32, over the teacher's own int8 export
+RATIOS = {SUMMARY_P50: SUMMARY_LATENCY_RATIO, SUMMARY_BYTES: SUMMARY_SIZE_RATIO}
+RATIOS_INT8 = {SUMMARY_P50: SUMMARY_LATENCY_RATIO_INT8, SUMMARY_BYTES: SUMMARY_SIZE_RATIO_INT8}
 STEP_POINTS = 0.5  # "what each further 0.5 F1 point costs"
 # The gate's param bounding the F1 drop on each basis (`dvc exp show` keeps params, not gate.json's checks).
 DROP_BOUNDS = {GOLD: "max_f1_drop", AGREEMENT: "max_agreement_drop"}
-GATE, BENCH, EVAL, PARAMS = "metrics/gate.json", "metrics/bench.json", "metrics/eval.json", "params.yaml"
+PARAMS = PARAMS_FILE
 
 T = TypeVar("T")
 
@@ -33,9 +36,13 @@ class Point:
     label: str               # its swept params, short (L3-h25)
     f1: float
     costs: dict[str, float]  # COSTS key -> value
-    # COSTS key -> cost over the teacher's fp32, both from this experiment's own bench (the teacher
-    # points have none): a ratio from one interleaved bench, steadier than one over the median teacher
-    ratios: dict[str, float] = field(default_factory=dict)
+    # COSTS key -> cost over the teacher's fp32 (ratios) and over its int8 export (ratios_int8), both from
+    # this experiment's own bench (the teacher points have none): a ratio from one interleaved bench is
+    # steadier than one over a teacher timed in another bench, at another time
+    ratios: dict[str, float | None] = field(default_factory=dict)
+    ratios_int8: dict[str, float | None] = field(default_factory=dict)
+    memory_mb: float | None = None
+    decision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +115,9 @@ def build(rows: Sequence[tuple[str, dict[str, dict]]]) -> Front | None:
             continue
         points.append(Point(name=name, label=label(files.get(PARAMS, {})), f1=figures[SUMMARY_F1],
                             costs={key: figures[key] for key in COSTS},
-                            ratios={key: figures[ratio] for key, ratio in RATIOS.items()}))
+                            ratios={key: figures[ratio] for key, ratio in RATIOS.items()},
+                            ratios_int8={key: figures[ratio] for key, ratio in RATIOS_INT8.items()},
+                            memory_mb=figures[SUMMARY_RSS], decision=files[GATE].get("decision")))
         bound = (files.get(PARAMS, {}).get("gate") or {}).get(DROP_BOUNDS[basis])
         if isinstance(bound, (int, float)) and not isinstance(bound, bool):
             bounds.append(bound)
@@ -122,13 +131,17 @@ def teacher_fp32(front: Front) -> Point | None:
 
 
 def recommend(front: Front, cost: str = SUMMARY_P50) -> Point | None:
-    """The cheapest experiment on `cost` whose F1 is within the gates' drop bound of the teacher's
-    (in fp32); None without a bound, a teacher reference or such an experiment. It is on the front."""
+    """The cheapest experiment on `cost` whose F1 is within the gates' drop bound of the teacher's (in
+    fp32) and whose gate did not say NO-GO (memory, a floor): cheapest by its cost over the teacher in its
+    own bench, where every point has that ratio (benches run at different times drift alike for teacher
+    and student), else by the raw cost. None without a bound, a teacher reference or such an experiment."""
     teacher = teacher_fp32(front)
     if teacher is None or front.max_drop_points is None:
         return None
-    within = [point for point in front.points if 100 * (teacher.f1 - point.f1) <= front.max_drop_points]
-    return min(within, key=_cost(cost), default=None)
+    within = [point for point in front.points
+              if 100 * (teacher.f1 - point.f1) <= front.max_drop_points and point.decision != NOGO]
+    by_ratio = all(point.ratios.get(cost) is not None for point in within)
+    return min(within, key=(lambda point: point.ratios[cost]) if by_ratio else _cost(cost), default=None)
 
 
 def _f1(point: Point) -> float:

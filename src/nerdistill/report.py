@@ -136,11 +136,17 @@ def _recommendation(front: pareto.Front) -> str:
         return (f"<p><b>No experiment is {html.escape(bound)}</b>: the best, {html.escape(best.name)}, is "
                 f"{100 * (teacher.f1 - best.f1):.2f} points below it.</p>")
     ratios = ", ".join(
-        f"{pareto.quantity(pick.costs[key], unit)} {html.escape(title)} "
-        f"({pick.ratios[key]:.2f}&times; the teacher's fp32 in its bench)"
+        f"{pareto.quantity(pick.costs[key], unit)} {html.escape(title)} ({_times(pick.ratios[key])} the teacher's "
+        f"fp32, {_times(pick.ratios_int8[key])} its int8 export, in its bench)"
         for key, (title, unit) in pareto.COSTS.items())
+    memory = "" if pick.memory_mb is None else f", peak memory {pick.memory_mb:.0f} MB"
     return (f"<p><b>Recommended: {html.escape(pick.name)}</b> ({html.escape(pick.label)}), the cheapest on CPU p50 "
-            f"{html.escape(bound)}: F1 {pick.f1:.4f} ({100 * (pick.f1 - teacher.f1):+.2f} points), {ratios}.</p>")
+            f"{html.escape(bound)}: F1 {pick.f1:.4f} ({100 * (pick.f1 - teacher.f1):+.2f} points), {ratios}"
+            f"{memory}.</p>")
+
+
+def _times(ratio: float | None) -> str:
+    return "?&times;" if ratio is None else f"{ratio:.2f}&times;"
 
 
 def _front_table(front: pareto.Front, key: str, title: str, unit: str) -> str:
