@@ -99,7 +99,7 @@ def test_trim_keeps_corpus_segmentation_and_emissions(teacher_dir, corpus):
     assert report["tokenizer_model"] == MODEL_TYPES[teacher_dir.name]
     assert type(trimmed) is type(tokenizer)
     segmentation = segmentation_report(tokenizer, trimmed, corpus)
-    assert segmentation["words_changed"] == 0 and segmentation["words"] > 500
+    assert segmentation["words_resegmented"] == segmentation["subtokens_changed"] == 0 and segmentation["words"] > 500
     after, ids_after = emissions(trimmed_student, trimmed, corpus)
     assert not torch.equal(ids_before, ids_after)  # the ids were remapped, the rows followed them
     torch.testing.assert_close(after, before)
@@ -152,9 +152,22 @@ def test_unknown_rate_does_not_rise_in_the_corpus_alphabet(teacher_dir, corpus, 
     _, trimmed, _ = trim_student(new_student(teacher_dir), tokenizer, corpus)
     report = segmentation_report(tokenizer, trimmed, heldout)
     assert report["words"] > 1000
-    assert report["words_changed"] > 0  # held-out words do lose pieces...
+    assert report["words_resegmented"] > 0  # held-out words do lose pieces...
+    assert report["words_resegmented_share"] == report["words_resegmented"] / report["words"]
+    # A re-segmented word has pieces that are gone: more, shorter ones than before.
+    assert report["subtokens_before"] > report["subtokens_changed"] >= report["words_resegmented"]
+    assert report["subtokens_changed_share"] == report["subtokens_changed"] / report["subtokens_before"]
+    assert report["subtokens_after"] > report["subtokens_before"]
     assert report["unknown_subtokens_after"] == report["unknown_subtokens_before"]  # ...never to unknowns
     assert report["unknown_per_word_after"] == report["unknown_per_word_before"]
+
+
+def test_an_untrimmed_tokenizer_changes_nothing(random_teacher_dir, heldout):
+    tokenizer = load_tokenizer(random_teacher_dir)
+    report = segmentation_report(tokenizer, tokenizer, heldout)
+    assert report["words"] > 1000 and report["subtokens_before"] == report["subtokens_after"] > report["words"]
+    assert report["words_resegmented"] == report["subtokens_changed"] == 0
+    assert report["words_resegmented_share"] == report["subtokens_changed_share"] == 0.0
 
 
 def test_characters_never_seen_still_tokenize(teacher_dir, corpus):

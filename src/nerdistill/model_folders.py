@@ -1,8 +1,9 @@
 """Model folders: which kind a path is (student, ONNX export or teacher), its tokenizer, its window.
 
-A folder is an ONNX export when it holds `nerdistill_onnx.json` (written by `nerdistill.export`), a
-student when its `config.json` says model_type `nerdistill-crf-student`, and a teacher otherwise
-(as is any hub id). Errors name the missing file and the stage or command that writes it.
+A folder is an ONNX export when it holds `nerdistill_onnx.json` (written by `nerdistill.export`: of a
+student, with its `crf.json`, or of a teacher, `exported: teacher`, decoded by argmax), a student when
+its `config.json` says model_type `nerdistill-crf-student`, and a teacher otherwise (as is any hub id).
+Errors name the missing file and the stage or command that writes it.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from nerdistill.params_reader import flat
 STUDENT_MODEL_TYPE = "nerdistill-crf-student"
 ONNX_MANIFEST = "nerdistill_onnx.json"
 CRF_FILE = "crf.json"
+# The manifest's `exported` value of a teacher's export: no CRF, argmax over its own labels.
+EXPORTED_TEACHER = "teacher"
 # Sub-token windows never exceed this, whatever the model allows: attention cost grows with its square.
 MAX_WINDOW = 512
 
@@ -41,8 +44,13 @@ def model_kind(path_or_hub_id: str | Path) -> tuple[str, Path]:
         raise InputError(f"{folder}: no such model folder; pass a student folder (models/student_final), "
                          "an ONNX export folder (nerdistill export) or a token-classification model")
     if (folder / ONNX_MANIFEST).is_file():
-        model_file = read_json(folder / ONNX_MANIFEST).get("model_file", "model.onnx")
-        _require(folder, (model_file, CRF_FILE, "tokenizer_config.json"), "an ONNX export; re-run nerdistill export")
+        manifest = read_json(folder / ONNX_MANIFEST)
+        if manifest.get("exported") == EXPORTED_TEACHER:
+            _require(folder, (manifest.get("model_file", "model.onnx"), "tokenizer_config.json"),
+                     "a teacher's ONNX export; re-run nerdistill export-teacher")
+        else:
+            _require(folder, (manifest.get("model_file", "model.onnx"), CRF_FILE, "tokenizer_config.json"),
+                     "an ONNX export; re-run nerdistill export")
         return "onnx", folder
     config_path = folder / "config.json"
     if not config_path.is_file():

@@ -160,7 +160,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "'text' gives {\"line\": N, \"error\": ...} in its place, a warning with its number, and exit "
                      "status 1 at the end. The output file is written whole or not at all: on Ctrl-C or SIGTERM the "
                      "temp file is removed and the command exits 130 or 143.")
-    parser.add_argument("--model", type=Path, default=Path("models/student_final"))
+    parser.add_argument("--model", type=Path, default=Path("models/student_int8"),
+                        help="a student, ONNX export or teacher folder, or a hub id (default: %(default)s, the int8 "
+                             "export the gate judged: what ships)")
     parser.add_argument("--input", default="-", help=".txt, .jsonl or - for stdin")
     parser.add_argument("--format", choices=("auto", "txt", "jsonl"), default="auto",
                         help="input format: auto = the file's suffix; for stdin, jsonl when the first non-blank line "

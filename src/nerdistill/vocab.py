@@ -16,7 +16,9 @@ most of which a French NER corpus never produces. Trimming keeps
 Kept pieces keep their original order, so ids are only compacted. The corpus segmentation cannot
 change: a Unigram tokenizer's Viterbi over a subset holding the best path still finds that path,
 and WordPiece's greedy longest match only ever picks pieces that stay. Both are checked anyway on
-every corpus sentence. Other model types (BPE) are refused: merges would have to be trimmed too.
+every corpus sentence. Words outside the corpus can be cut into other, smaller pieces:
+`segmentation_report` measures how many (the export stage, on the test split trimming never sees).
+Other model types (BPE) are refused: merges would have to be trimmed too.
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ FIXED_TOKENS = ("pad", "unk", "cls", "sep", "bos", "eos")
 
 def trim_student(student: CrfStudent, tokenizer: PreTrainedTokenizerBase, sentences: Iterable[list[str]]
                  ) -> tuple[CrfStudent, PreTrainedTokenizerBase, dict[str, Any]]:
-    """Student and tokenizer restricted to the sub-tokens `sentences` (word lists, e.g. every split of
-    the annotated corpus) use, plus specials and every single-character piece.
+    """Student and tokenizer restricted to the sub-tokens `sentences` (word lists, e.g. the annotated
+    corpus's train and val splits) use, plus specials and every single-character piece.
 
     The student is changed in place (its embedding rows sliced, `config.encoder.vocab_size` and
     `config.provenance["vocab"]` set) and returned. The report holds vocab_before, vocab_after,
@@ -110,7 +112,7 @@ def trim_tokenizer(tokenizer: PreTrainedTokenizerBase, sentences: Iterable[list[
     new_id = {old: new for new, old in enumerate(kept)}
     trimmed = _rebuild(tokenizer, _trimmed_backend(backend, pieces, new_id))
     _check_ids(tokenizer, trimmed, pieces, new_id, fixed)
-    changed = segmentation_report(tokenizer, trimmed, sentences)["words_changed"]
+    changed = segmentation_report(tokenizer, trimmed, sentences)["words_resegmented"]
     if changed:
         raise RuntimeError(f"vocabulary trimming changed the segmentation of {changed} corpus words; "
                            "set student.vocab: full and report this tokenizer")
@@ -122,26 +124,31 @@ def trim_tokenizer(tokenizer: PreTrainedTokenizerBase, sentences: Iterable[list[
 def segmentation_report(full: PreTrainedTokenizerBase, trimmed: PreTrainedTokenizerBase,
                         sentences: Iterable[list[str]]) -> dict[str, Any]:
     """How the trimmed tokenizer cuts `sentences` compared with the full one: the share of words whose
-    pieces (as strings) changed, and the unknown-token rate per sub-token and per word, before and
-    after, with the counts they come from."""
+    pieces (as strings) changed (`words_resegmented_share`), the share of the full tokenizer's
+    sub-tokens that lie in such words (`subtokens_changed_share`: the inputs the model now sees cut
+    otherwise), and the unknown-token rate per sub-token and per word, before and after, with the
+    counts they come from. Identical tokenizers give zeros."""
     full_names = full.convert_ids_to_tokens(list(range(len(full))))
     trimmed_names = trimmed.convert_ids_to_tokens(list(range(len(trimmed))))
-    counts = dict.fromkeys(("sentences", "words", "words_changed", "subtokens_before", "subtokens_after",
-                            "unknown_subtokens_before", "unknown_subtokens_after", "unknown_words_before",
-                            "unknown_words_after"), 0)
+    counts = dict.fromkeys(("sentences", "words", "words_resegmented", "subtokens_before", "subtokens_after",
+                            "subtokens_changed", "unknown_subtokens_before", "unknown_subtokens_after",
+                            "unknown_words_before", "unknown_words_after"), 0)
     for words in sentences:
         if not words:
             continue
         counts["sentences"] += 1
         counts["words"] += len(words)
         for before, after in zip(word_pieces(full, words), word_pieces(trimmed, words)):
-            counts["words_changed"] += [full_names[i] for i in before] != [trimmed_names[i] for i in after]
+            if [full_names[i] for i in before] != [trimmed_names[i] for i in after]:
+                counts["words_resegmented"] += 1
+                counts["subtokens_changed"] += len(before)
             for ids, tokenizer, when in ((before, full, "before"), (after, trimmed, "after")):
                 unknown = ids.count(tokenizer.unk_token_id)
                 counts[f"subtokens_{when}"] += len(ids)
                 counts[f"unknown_subtokens_{when}"] += unknown
                 counts[f"unknown_words_{when}"] += unknown > 0
-    rates = {"words_changed_share": counts["words_changed"] / max(1, counts["words"])}
+    rates = {"words_resegmented_share": counts["words_resegmented"] / max(1, counts["words"]),
+             "subtokens_changed_share": counts["subtokens_changed"] / max(1, counts["subtokens_before"])}
     for when in ("before", "after"):
         rates[f"unknown_per_subtoken_{when}"] = (counts[f"unknown_subtokens_{when}"]
                                                  / max(1, counts[f"subtokens_{when}"]))

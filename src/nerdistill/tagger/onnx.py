@@ -1,5 +1,7 @@
 """An ONNX export (written by `nerdistill.export`) as a tagger backend: the same emissions as the
-student from onnxruntime, the same Viterbi with the transitions saved at export time, the same score."""
+student from onnxruntime, the same Viterbi with the transitions saved at export time, the same score.
+A teacher's export (its manifest's `exported: teacher`) is read as `tagger.teacher`'s backend reads the
+teacher: argmax of its logits at each word's first sub-token, in its own labels (`NerTagger` makes IOB2)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +12,13 @@ from transformers import PreTrainedTokenizerBase
 
 from nerdistill.crf import CrfWeights
 from nerdistill.io import read_json
-from nerdistill.model_folders import CRF_FILE, ONNX_MANIFEST, load_tokenizer
+from nerdistill.model_folders import CRF_FILE, EXPORTED_TEACHER, ONNX_MANIFEST, load_tokenizer
 from nerdistill.tagger.core import WindowLimits, WindowOutput, with_scores
 
 
 class OnnxBackend:
-    """The exported encoder + emissions under onnxruntime; Viterbi with the exported CRF weights."""
+    """The exported encoder + emissions under onnxruntime; Viterbi with the exported CRF weights, or
+    argmax for an exported teacher (which has none)."""
 
     kind = "onnx"
 
@@ -34,22 +37,33 @@ class OnnxBackend:
             providers.insert(0, "CUDAExecutionProvider")
         self.session = ort.InferenceSession(str(folder / manifest["model_file"]), options, providers=providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
-        # The exported student's PyTorch count (the graph's initialisers also hold quantisation scales).
+        # The exported model's PyTorch count (the graph's initialisers also hold quantisation scales).
         self.parameters: int | None = manifest.get("parameters")
-        crf = read_json(folder / CRF_FILE)
-        self.labels = list(crf["labels"])
-        self.crf = CrfWeights(*(torch.tensor(crf[key], dtype=torch.float32) for key in ("start", "end", "transitions")))
+        self.crf: CrfWeights | None = None
+        if manifest.get("exported") == EXPORTED_TEACHER:
+            self.labels = list(manifest["labels"])
+        else:
+            crf = read_json(folder / CRF_FILE)
+            self.labels = list(crf["labels"])
+            self.crf = CrfWeights(*(torch.tensor(crf[key], dtype=torch.float32)
+                                    for key in ("start", "end", "transitions")))
 
     def predict(self, batch: dict[str, torch.Tensor]) -> list[WindowOutput]:
         feeds = {name: batch[name].numpy() for name in self.input_names}
         emissions = torch.from_numpy(self.session.run(["emissions"], feeds)[0]).float()  # (B, W, L)
-        return with_scores(emissions.softmax(-1), self.crf.decode(emissions, batch), self.labels)
+        probs = emissions.softmax(-1)  # (B, W, L)
+        if self.crf is not None:
+            return with_scores(probs, self.crf.decode(emissions, batch), self.labels)
+        best = probs.argmax(-1)  # (B, W)
+        lengths = batch["word_mask"].sum(dim=1).tolist()
+        return with_scores(probs, [best[row, :n].tolist() for row, n in enumerate(lengths)], self.labels)
 
 
 def open_onnx(folder: Path, device: torch.device, threads: int | None
               ) -> tuple[OnnxBackend, PreTrainedTokenizerBase, WindowLimits]:
-    """The backend, tokenizer and window limits of an export folder: by default the student's window,
-    as the export's manifest records it. `threads` sets onnxruntime's intra-op threads."""
+    """The backend, tokenizer and window limits of an export folder: by default the window of the model
+    exported (the student's, or the teacher's from params), as the export's manifest records it.
+    `threads` sets onnxruntime's intra-op threads."""
     manifest = read_json(folder / ONNX_MANIFEST)
     backend = OnnxBackend(folder, manifest, device, threads)
     limits = WindowLimits(manifest["max_positions"], manifest["max_length"], manifest["stride"])
