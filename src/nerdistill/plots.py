@@ -83,20 +83,28 @@ def plot_confusion(types: list[str], matrix: list[list[int]], path: Path, title:
 
 
 def plot_latency(results: dict, path: Path, metrics: dict) -> None:
-    """p50 bars with p95 whiskers, per model variant, for the document and the median phrase."""
-    rows = [(f"{name} {variant}", figures) for name, model in results.items()
-            for variant, figures in model["variants"].items()]
+    """p50 bars with p95 whiskers, per model variant, for the document and the median phrase; the variants
+    bench flagged unstable (metrics' `unstable`) hatched and marked, their figures not to be judged."""
+    unstable = set(metrics.get("unstable", []))
+    rows = [(f"{name} {variant}", figures, f"{name}:{variant}" in unstable)
+            for name, model in results.items() for variant, figures in model["variants"].items()]
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 2), sharey=True)
     titles = {"doc": f"document (~{metrics['doc_subtokens']} sub-tokens)",
               "phrase": f"median phrase ({metrics['phrase_words']} words)"}
     for ax, (workload, title) in zip(axes, titles.items()):
-        p50 = [figures[f"{workload}_p50_ms"] for _, figures in rows]
-        p95 = [figures[f"{workload}_p95_ms"] for _, figures in rows]
-        ax.barh(range(len(rows)), p50, xerr=[[0] * len(rows), [b - a for a, b in zip(p50, p95)]], capsize=3)
+        p50 = [figures[f"{workload}_p50_ms"] for _, figures, _ in rows]
+        p95 = [figures[f"{workload}_p95_ms"] for _, figures, _ in rows]
+        bars = ax.barh(range(len(rows)), p50, xerr=[[0] * len(rows), [b - a for a, b in zip(p50, p95)]], capsize=3)
+        for bar, (_, _, flagged) in zip(bars, rows):
+            if flagged:
+                bar.set(hatch="//", alpha=0.4, edgecolor="black")
         ax.set(title=f"{title}, batch 1", xlabel="latency ms (bar p50, whisker p95)",
-               yticks=range(len(rows)), yticklabels=[label for label, _ in rows])
+               yticks=range(len(rows)), yticklabels=[label + " (unstable)" * flagged for label, _, flagged in rows])
     axes[0].invert_yaxis()  # models top to bottom in the order given, the teacher first
     fig.suptitle(f"{metrics['threads']} CPU threads; {metrics['repeats']} interleaved rounds")
+    if unstable:
+        fig.supxlabel(f"hatched (unstable): document p95/p50 > {metrics['max_spread']:g} after {metrics['retries']} "
+                      "re-measurements, the machine was busy: flagged, not judged", color="darkred")
     save_figure(fig, path)
 
 
