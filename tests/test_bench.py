@@ -170,6 +170,14 @@ def test_a_noisy_variant_is_measured_again_then_flagged(slow_sets, retries, unst
     assert all("load average [" in w for w in warnings)
     assert any(w.startswith("bench: final:cpu_fp32 still above") for w in warnings) == bool(unstable)
     assert (tmp_path / "latency.png").is_file()
+    # The gate reads the flag: a noisy judged variant is REVIEW with latency_stable failed, never judged.
+    judged = gate.run(params_from_dict({"gate": {"variant": "final"}}),
+                      {"agreement": {"final": {"f1": 1.0}}, "f1_drop_points": {"agreement": {"final": 0.0}}},
+                      metrics)
+    stable = next(check for check in judged["checks"] if check["name"] == "latency_stable")
+    assert stable["passed"] is not bool(unstable)
+    if unstable:
+        assert judged["decision"] == "REVIEW" and "final:cpu_fp32" in stable["source"]
 
 
 def test_the_steadiest_round_set_is_kept() -> None:
