@@ -44,10 +44,14 @@ def _gate_inputs(mlflow_workdir, latency):
         {"agreement": {"teacher": {"f1": 1.0}, "onnx_int8": {"f1": 0.99}},
          "f1_drop_points": {"agreement": {"onnx_int8": 1.0}}}))
     (mlflow_workdir / "bench.json").write_text(json.dumps(
-        {"teacher": "teacher", "final": "final", "doc_tokens": 350, "threads": 2, "models": {
-            "teacher": {"kind": "teacher", "disk_bytes": 4e8, "variants": {"cpu_fp32": {"doc_p50_ms": 800.0}}},
-            "onnx_int8": {"kind": "onnx", "disk_bytes": 1e8,
-                          "variants": {"cpu_onnx": {"doc_p50_ms": latency, "peak_rss_mb": 500.0}}}}}))
+        {"teacher": "teacher", "final": "final", "doc_tokens": 350, "threads": 2, "max_spread": 2.0, "unstable": [],
+         "models": {
+             "teacher": {"kind": "teacher", "disk_bytes": 4e8,
+                         "variants": {"cpu_fp32": {"doc_p50_ms": 800.0, "p95_over_p50": 1.2}}},
+             "onnx_int8": {"kind": "onnx", "disk_bytes": 1e8, "variants": {
+                 "cpu_onnx": {"doc_p50_ms": latency, "peak_rss_mb": 500.0, "p95_over_p50": 1.1}}},
+             "teacher_int8": {"kind": "onnx", "disk_bytes": 2e8,
+                              "variants": {"cpu_onnx": {"doc_p50_ms": 400.0, "p95_over_p50": 1.1}}}}}))
 
 
 @pytest.mark.parametrize(("fail_on_nogo", "latency", "code", "decision"), [

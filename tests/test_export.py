@@ -102,9 +102,10 @@ def test_stage_metrics_say_what_exporting_cost(exported, student_dir):
     assert heldout["split"] == "test" and heldout["sentences"] == metrics["test_sentences"]
     assert heldout["words_resegmented_share"] == heldout["words_resegmented"] / heldout["words"] < 0.1
     # Measured on the test split, which trimming never saw: a few of its words are cut otherwise, which
-    # costs entities in fp32 and int8 alike; quantisation costs at most a point more.
+    # costs entities in fp32 and int8 alike; quantisation costs at most a few entities more (one of the
+    # test split's ~80 is 1.2 points).
     assert 0.8 <= metrics["fp32"]["f1_vs_pytorch"] <= 1.0
-    assert metrics["int8"]["f1_vs_pytorch"] >= metrics["fp32"]["f1_vs_pytorch"] - 0.01
+    assert metrics["int8"]["f1_vs_pytorch"] >= metrics["fp32"]["f1_vs_pytorch"] - 0.03
     assert metrics["int8"]["bytes_vs_fp32"] == metrics["int8"]["bytes"] / metrics["fp32"]["bytes"]
 
 
