@@ -75,6 +75,13 @@ def with_scores(probs: torch.Tensor, paths: list[list[int]], labels: Sequence[st
     return out
 
 
+def argmax_outputs(probs: torch.Tensor, word_mask: torch.Tensor, labels: Sequence[str]) -> list[WindowOutput]:
+    """A teacher's decoding: each real word's most probable label in `probs` (B, W, L), no transitions."""
+    best = probs.argmax(-1)  # (B, W)
+    lengths = word_mask.sum(dim=1).tolist()
+    return with_scores(probs, [best[row, :n].tolist() for row, n in enumerate(lengths)], labels)
+
+
 def pick_device(device: str | torch.device | None) -> torch.device:
     """`device` as given, else the GPU when there is one."""
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

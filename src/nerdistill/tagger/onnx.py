@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from nerdistill.crf import CrfWeights
 from nerdistill.io import read_json
 from nerdistill.model_folders import CRF_FILE, EXPORTED_TEACHER, ONNX_MANIFEST, load_tokenizer
-from nerdistill.tagger.core import WindowLimits, WindowOutput, with_scores
+from nerdistill.tagger.core import WindowLimits, WindowOutput, argmax_outputs, with_scores
 
 
 class OnnxBackend:
@@ -54,9 +54,7 @@ class OnnxBackend:
         probs = emissions.softmax(-1)  # (B, W, L)
         if self.crf is not None:
             return with_scores(probs, self.crf.decode(emissions, batch), self.labels)
-        best = probs.argmax(-1)  # (B, W)
-        lengths = batch["word_mask"].sum(dim=1).tolist()
-        return with_scores(probs, [best[row, :n].tolist() for row, n in enumerate(lengths)], self.labels)
+        return argmax_outputs(probs, batch["word_mask"], self.labels)
 
 
 def open_onnx(folder: Path, device: torch.device, threads: int | None

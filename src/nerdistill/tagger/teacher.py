@@ -16,7 +16,7 @@ from nerdistill.io import InputError
 from nerdistill.labels import ordered_labels
 from nerdistill.model_folders import model_kind, window_length
 from nerdistill.params import TeacherParams
-from nerdistill.tagger.core import NerTagger, WindowLimits, WindowOutput, pick_device, with_scores
+from nerdistill.tagger.core import NerTagger, WindowLimits, WindowOutput, argmax_outputs, pick_device
 from nerdistill.teacher import load_teacher, teacher_forward
 
 
@@ -34,10 +34,7 @@ class TeacherBackend:
     def predict(self, batch: dict[str, torch.Tensor]) -> list[WindowOutput]:
         batch = {key: value.to(self.device) for key, value in batch.items()}
         logits, _ = teacher_forward(self.model, batch, output_hidden_states=False)  # (B, W, Lt)
-        probs = logits.float().softmax(-1)  # (B, W, Lt)
-        best = probs.argmax(-1)  # (B, W)
-        lengths = batch["word_mask"].sum(dim=1).tolist()
-        return with_scores(probs, [best[row, :n].tolist() for row, n in enumerate(lengths)], self.labels)
+        return argmax_outputs(logits.float().softmax(-1), batch["word_mask"], self.labels)
 
 
 def folder_kind(path_or_hub_id: str | Path, source: str | None) -> tuple[str, Path]:
