@@ -1,3 +1,4 @@
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -20,10 +21,10 @@ PHRASES = [
 ]
 
 
-def params(teacher_dir, **annotate_params):
+def params(teacher_dir, batch_size=32, **annotate_params):
     return params_from_dict({"base": {"seed": annotate_params.pop("seed", 42)},
                              "teacher": {"model_name": str(teacher_dir), "max_length": 16, "stride": 4,
-                                         "batch_size": 32},
+                                         "batch_size": batch_size},
                              "annotate": annotate_params})
 
 
@@ -145,3 +146,18 @@ def test_repeated_lines_are_dropped_before_the_split_and_counted(tmp_path, demo_
     assert metrics["phrases"]["total"] == 31
     texts = [r["text"] for split in ("train", "val", "test") for r in load_split(tmp_path / "out" / f"{split}.jsonl")]
     assert sorted(texts) == sorted(set(lines) | {boilerplate})
+
+
+def test_chunks_tagged_one_by_one_write_what_one_chunk_writes(tmp_path, random_teacher_dir):
+    # A 1,280-character hex blob is one word of hundreds of sub-tokens: cut to the window, and counted.
+    blob = hashlib.sha256(b"blob").hexdigest() * 20
+    lines = [f"{phrase} ({i})" for i in range(12) for phrase in PHRASES] + [f"Le code {blob} est refusé."]
+    corpus = write_corpus(tmp_path, lines)
+    whole = annotate.run(params(random_teacher_dir), corpus, tmp_path / "whole")  # one chunk of 1,024 lines
+    chunked = annotate.run(params(random_teacher_dir, batch_size=1), corpus, tmp_path / "chunked")  # 3 of 32
+    assert chunked == whole
+    assert whole["phrases"]["total"] == len(lines) and whole["long_words_cut"] == 1
+    for name in ("train.jsonl", "val.jsonl", "test.jsonl"):
+        assert (tmp_path / "chunked" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    texts = [record["text"] for records in read_records(tmp_path / "whole").values() for record in records]
+    assert sorted(texts) == sorted(lines)

@@ -94,7 +94,7 @@ def test_gate_puts_the_judged_variants_figures_on_the_parent_run(mlflow_workdir)
     (parent,) = [run for run in mlflow.search_runs(experiment_names=["nerdistill"], output_format="list")
                  if "mlflow.parentRunId" not in run.data.tags]
     # The columns a sweep's runs are compared on in MLflow (parallel coordinates: params against these).
-    figures = {key: parent.data.metrics[f"gate.{key}"] for key in ("f1", "f1_drop_points", "doc_p50_ms", "disk_bytes",
+    figures = {key: parent.data.metrics[f"summary.{key}"] for key in ("f1", "f1_drop_points", "doc_p50_ms", "disk_bytes",
                "peak_rss_mb", "latency_ratio_vs_teacher_fp32", "size_ratio_vs_teacher_fp32")}
     assert figures == {"f1": 0.99, "f1_drop_points": 1.0, "doc_p50_ms": 100.0, "disk_bytes": 1e8,
                        "peak_rss_mb": 500.0, "latency_ratio_vs_teacher_fp32": 0.125, "size_ratio_vs_teacher_fp32": 0.25}

@@ -1,4 +1,6 @@
 import json
+import math
+import random
 from collections import Counter
 
 import pytest
@@ -6,7 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from nerdistill.annotated import load_split
-from nerdistill.data import NerCollator, WordTokenizer, features
+from nerdistill.data import NerCollator, WordTokenizer, _owned_ranges, _window_spans, features, word_pieces
 from nerdistill.io import InputError
 
 LABEL2ID = {"O": 0, "B-LOC": 1, "I-LOC": 2, "B-PER": 3, "I-PER": 4}
@@ -59,8 +61,64 @@ def test_words_without_subtokens_keep_a_position(tokenizer):
 
 def test_huge_single_word_is_capped_not_dropped(tokenizer):
     words = ["a", "x" * 500, "b"]
-    windows = WordTokenizer(tokenizer, 16, 2).windows(words)
+    word_tokenizer = WordTokenizer(tokenizer, 16, 2)
+    windows = word_tokenizer.windows(words)
     assert owners(windows) == Counter(range(3)) and all(len(w.input_ids) <= 16 for w in windows)
+    assert all(any(w.owned) for w in windows)
+    assert word_tokenizer.words_cut == 1
+    # The count runs over every line; a word of 14 pieces (one per "x" and the word start) fills a window.
+    word_tokenizer.windows(["x" * 500, "x" * 13, "x" * 14])
+    assert word_tokenizer.words_cut == 3
+
+
+def test_a_word_that_fills_most_of_a_window_does_not_stall_the_next(tokenizer):
+    # 97 one-piece words, one of 440 pieces, 20 more (512-sub-token windows, stride 128): the windows
+    # used to creep forward a word at a time behind the long word, 29 of them, 13 owning no word.
+    words = ["de"] * 97 + ["x" * 439] + ["la"] * 20
+    assert [len(p) for p in word_pieces(tokenizer, ["de", "x" * 439, "la"])] == [1, 440, 1]
+    word_tokenizer = WordTokenizer(tokenizer, 512, 128)
+    windows = word_tokenizer.windows(words)
+    assert [(w.word_ids[0], w.word_ids[-1] + 1) for w in windows] == [(0, 97), (27, 98), (98, 118)]
+    assert owners(windows) == Counter(range(118)) and all(any(w.owned) for w in windows)
+    assert word_tokenizer.words_cut == 0  # 440 pieces fit in a window of 510
+
+
+def random_line(rng: random.Random, budget: int) -> list[int]:
+    """Sub-token counts of a line's words: mostly short, some up to a window, and words longer than a
+    window (cut to it, as `WordTokenizer` does) anywhere, next to each other or not."""
+    lengths = [min(budget, rng.choice((1, 1, 1, 2, 3, rng.randint(1, budget)))) for _ in range(rng.randint(1, 300))]
+    for _ in range(rng.choice((0, 1, 1, 3, 10))):
+        lengths.insert(rng.randint(0, len(lengths)), budget)
+    return lengths
+
+
+def test_windows_advance_and_own_every_word_once_on_random_lines():
+    rng = random.Random(0)
+    for _ in range(3000):
+        budget = rng.choice((2, 5, 14, 62, 510))
+        stride = rng.choice((0, 0, 1, budget // 4, budget // 2, budget - 1))
+        lengths = random_line(rng, budget)
+        spans = _window_spans(lengths, budget, stride)
+        owned = _owned_ranges(spans, len(lengths))
+        case = f"budget={budget} stride={stride} lengths={lengths}"
+        assert all(sum(lengths[start:end]) <= budget for start, end in spans), case
+        assert [word for start, end in owned for word in range(start, end)] == list(range(len(lengths))), case
+        assert all(start <= first < last <= end for (start, end), (first, last) in zip(spans, owned)), case
+        # Linear in sub-tokens. Whole-word windows cannot promise ceil(sub-tokens / (budget - stride)) + 1
+        # in general (budget 4, stride 0, words of 2 and 3 pieces: one window per word), but each window
+        # leaves unused at most the pieces of the word it stops before, and shares at most `stride`.
+        assert (len(spans) - 1) * (budget - stride) <= 2 * sum(lengths) - len(lengths), case
+
+
+def test_one_piece_words_with_a_long_word_anywhere_take_the_windows_they_need():
+    rng = random.Random(1)
+    for _ in range(1000):
+        budget = rng.choice((5, 14, 62, 510))
+        stride = rng.choice((0, 1, budget // 4, budget // 2, budget - 1))
+        lengths = [1] * rng.randint(0, 600)
+        lengths.insert(rng.randint(0, len(lengths)), rng.randint(1, budget))
+        spans = _window_spans(lengths, budget, stride)
+        assert len(spans) <= math.ceil(sum(lengths) / (budget - stride)) + 1, (budget, stride, lengths)
 
 
 def test_stride_must_leave_room(tokenizer):

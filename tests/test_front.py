@@ -102,3 +102,61 @@ def test_the_recommendation_is_the_cheapest_point_within_the_gates_drop_bound() 
     assert front.recommend(front.build(rows[:2])) is None
     # Without the gate's params the bound is unknown: nothing is recommended.
     assert front.recommend(front.build([("L3", _files(3, 0.895, 3.0, 300, basis="gold"))])) is None
+
+
+def test_unfinished_experiments_are_named_among_those_left_out() -> None:
+    built = front.build([("L2", _files(2, 0.80, 2.0, 300))], unfinished=["curly-coof: running, no results yet"])
+    assert [p.name for p in built.points] == ["L2"] and built.left_out == ["curly-coof: running, no results yet"]
+
+
+def test_the_f1_bound_is_the_teachers_f1_less_the_strictest_drop() -> None:
+    rows = [("L3", _bounded(_files(3, 0.895, 3.0, 300, basis="gold"), 1.0))]
+    value, caption = front.f1_bound(front.build(rows))
+    assert value == pytest.approx(0.9 - 0.01) and "1 points" in caption
+    assert front.f1_bound(front.build([("L3", _files(3, 0.895, 3.0, 300))])) is None  # no gate params
+
+
+def test_the_front_png_labels_every_point_marks_the_pick_and_the_bound_on_log_axes(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import struct
+
+    from nerdistill import plots
+
+    rows = [(name, _bounded(_files(layers, f1, p50, 100 * layers, basis="gold"), 1.0))
+            for name, layers, f1, p50 in (("L2", 2, 0.875, 2.0), ("L3", 3, 0.895, 3.0), ("L4", 4, 0.905, 4.0),
+                                          ("L5", 5, 0.880, 5.0))]
+    built = front.build(rows)
+    figures = []
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: (figures.append(fig), save(fig, path)))
+    path = tmp_path / "front.png"
+    plots.plot_front(built.points, built.fronts, built.teacher, built.basis, front.COSTS, path,
+                     recommended=front.recommend(built), f1_bound=front.f1_bound(built))
+    width = struct.unpack(">I", path.read_bytes()[16:20])[0]
+    assert 1000 <= width <= 1400  # read at 1,400 px without scaling down
+    legend = [text.get_text() for text in figures[0].legends[0].get_texts()]
+    assert "recommended: L3" in legend and any(entry.startswith("gate bound") for entry in legend)
+    for ax in figures[0].axes:
+        texts = {text.get_text() for text in ax.texts}
+        assert {"L2 (L2-h25)", "L3 (L3-h25)", "L4 (L4-h25)", "L5 (L5-h25)"} <= texts  # L5 is dominated
+        assert ax.get_xscale() == "log"
+        assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == pytest.approx(0.89) for line in ax.lines)
+
+
+def test_the_latency_bars_data_goes_beside_the_png(tmp_path) -> None:
+    import csv
+
+    from nerdistill.plots import plot_latency
+
+    figures = {"doc_p50_ms": 10.0, "doc_p95_ms": 12.0, "phrase_p50_ms": 2.0, "phrase_p95_ms": 3.0}
+    results = {"teacher": {"variants": {"cpu_fp32": figures}}, "final": {"variants": {"cpu_int8": figures}}}
+    metrics = {"unstable": ["final:cpu_int8"], "doc_subtokens": 350, "phrase_words": 9, "threads": 2, "repeats": 3,
+               "max_spread": 2.0, "retries": 1}
+    plot_latency(results, tmp_path / "latency.png", metrics)
+    with open(tmp_path / "latency.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["model_variant"], row["workload"]) for row in rows] == [
+        ("teacher cpu_fp32", "doc"), ("teacher cpu_fp32", "phrase"), ("final cpu_int8", "doc"),
+        ("final cpu_int8", "phrase")]
+    assert (rows[0]["p50_ms"], rows[0]["p95_ms"], rows[0]["unstable"], rows[2]["unstable"]) == \
+        ("10.0", "12.0", "False", "True")

@@ -246,3 +246,12 @@ def test_without_gold_the_exports_fidelity_is_judged(fidelity: float, decision: 
     # With gold, the export's own gold F1 is the measure; fidelity is not judged twice.
     gold = gate.run(PARAMS, _eval(drop_gold=0.5), _bench(), export)
     assert gold["decision"] == "GO" and all(c["name"] != "export_fidelity" for c in gold["checks"])
+
+
+def test_gate_json_keeps_only_the_spreads_its_stability_check_watched() -> None:
+    bench = _bench()
+    bench["models"]["final"]["variants"]["cpu_fp32"]["p95_over_p50"] = 1.3  # measured, not judged
+    bench["models"]["teacher"]["variants"]["cpu_fp32"]["p95_over_p50"] = 1.2
+    result = gate.run(PARAMS, _eval(), bench)
+    assert result["p95_over_p50"] == {"onnx_int8:cpu_onnx": 1.1, "teacher:cpu_fp32": 1.2, "teacher_int8:cpu_onnx": 1.1}
+    assert list(result)[:3] == ["decision", "basis", "variant"]

@@ -1,11 +1,15 @@
-"""Head and FFN-neuron importance is a mean over examples of |grad x activation|, not |sum over the batch|."""
+"""Head and FFN-neuron importance is a mean over examples of |grad x activation|, not |sum over the batch|;
+the selection removes the share of units a ratio asks for, rounded over the whole scope."""
 from __future__ import annotations
 
+import logging
+
+import pytest
 import torch
 from torch import nn
 from transformers import CamembertConfig, CamembertModel
 
-from nerdistill.importance import HeadGates, NeuronGates, score
+from nerdistill.importance import HeadGates, NeuronGates, score, select_heads, select_neurons
 
 HIDDEN, HEADS, LAYERS, FFN = 32, 4, 2, 48
 
@@ -64,3 +68,44 @@ def test_batch_scores_are_the_mean_of_one_example_at_a_time() -> None:
     torch.testing.assert_close(batched.neurons, one_at_a_time.neurons, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(batched.heads.norm(dim=1), torch.ones(LAYERS))
     assert all(param.grad is None for param in model.parameters())
+
+
+def test_a_small_ratio_rounds_over_all_layers_not_to_zero_per_layer() -> None:
+    # 0.15 of 3 layers x 4 heads: a per-layer floor removes 0; over the scope round(1.8) = 2.
+    importance = torch.tensor([[0.5, 0.6, 0.7, 0.8], [0.9, 0.3, 0.95, 0.99], [0.4, 0.85, 0.9, 0.97]])
+    keep, report = select_heads(importance, 0.15, "per_layer")
+    assert report["removed_requested"] == report["removed"] == 2 and report["warning"] is None
+    # Equal remainders: the two layers whose least important head scores lowest lose it.
+    assert keep == {0: [0, 1, 2, 3], 1: [0, 2, 3], 2: [1, 2, 3]}
+
+
+@pytest.mark.parametrize(("ratio", "layers", "units", "removed"), [
+    (0.01, 3, 4, 1),    # 0.12 rounds to 0: at least one
+    (0.3, 3, 4, 4),     # round(3.6)
+    (0.25, 2, 12, 6),   # 0.25 * 12 = 2.9999... per layer stays 3
+    (0.125, 1, 4, 1),   # round(0.5) is 1, halves up
+    (0.5, 3, 10, 15),
+])
+def test_removed_is_the_closest_count_to_the_share(ratio: float, layers: int, units: int, removed: int) -> None:
+    for scope in ("per_layer", "global"):
+        keep, report = select_neurons(torch.rand(layers, units), ratio, scope)
+        assert report["removed"] == report["removed_requested"] == removed
+        assert sum(map(len, keep.values())) == layers * units - removed
+
+
+def test_per_layer_moves_what_a_layer_cannot_lose_to_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    importance = torch.tensor([[0.1, 0.2, float("nan"), float("nan")], [0.5, 0.6, 0.7, 0.8]])
+    with caplog.at_level(logging.WARNING, logger="nerdistill.importance"):
+        keep, report = select_heads(importance, 0.75, "per_layer")  # round(4.5) = 5 of 6 heads
+    assert keep == {0: [1], 1: [3]}  # each layer keeps its most important head
+    assert report["removed_requested"] == 5 and report["removed"] == 4 and report["layers_spared"] == [0]
+    assert "layers [0]" in caplog.text
+
+
+def test_a_ratio_that_can_remove_nothing_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="nerdistill.importance"):
+        keep, report = select_heads(torch.rand(3, 1), 0.5, "per_layer")  # one head per layer: none can go
+    assert keep == {0: [0], 1: [0], 2: [0]} and report["removed"] == 0
+    assert "ratio 0.5 removes none of the 3 heads" in report["warning"]
+    assert [record.message for record in caplog.records if "removes none" in record.message]
+    assert select_heads(torch.rand(3, 1), 0.0)[1]["warning"] is None  # ratio 0 asks for nothing

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torchcrf import CRF
 from transformers import CamembertConfig, CamembertForTokenClassification
 
 from nerdistill.labels import (allowed_start, allowed_transition, expected_transition_counts, shared_space,
@@ -14,7 +15,7 @@ from nerdistill.labels import (allowed_start, allowed_transition, expected_trans
 from nerdistill.losses import (Curriculum, DistillContext, distillation_loss, hidden_loss, kd_loss,
                                transition_loss)
 from nerdistill.params import Weights
-from nerdistill.crf import crf_log_marginals
+from nerdistill.crf import chain_terms, iob2_masks
 from nerdistill.modeling import build_student
 from nerdistill.teacher import teacher_forward
 
@@ -65,44 +66,21 @@ def test_shared_space_probabilities_sum_to_one():
         assert torch.allclose(shared.sum(-1), torch.ones(3, 4))
 
 
-def no_transitions(size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CRF scores of 0: the marginals are then each word's softmax of its emissions."""
-    return torch.zeros(size), torch.zeros(size), torch.zeros(size, size)
-
-
-def test_crf_marginals_match_brute_force_over_every_path():
-    torch.manual_seed(0)
-    labels, width = 3, 4
-    emissions, start, end = torch.randn(3, width, labels), torch.randn(labels), torch.randn(labels)
-    transitions = torch.randn(labels, labels)
-    mask = torch.tensor([[True] * 4, [True, True, False, False], [True, False, False, False]])
-    starts_line, ends_line = torch.tensor([True, False, True]), torch.tensor([True, True, False])
-    got = crf_log_marginals(emissions, mask, start, end, transitions, starts_line, ends_line).exp()
-    for row in range(3):
-        length = int(mask[row].sum())
-        marginals = torch.zeros(length, labels)
-        total = 0.0
-        for path in itertools.product(range(labels), repeat=length):
-            score = (start[path[0]] * starts_line[row] + end[path[-1]] * ends_line[row]
-                     + sum(emissions[row, t, path[t]] for t in range(length))
-                     + sum(transitions[path[t], path[t + 1]] for t in range(length - 1)))
-            weight = float(score.exp())
-            total += weight
-            for t, label in enumerate(path):
-                marginals[t, label] += weight
-        assert torch.allclose(got[row, :length], marginals / total, atol=1e-5)
-
-
 def test_kd_sees_the_transitions_the_student_decodes_with():
+    # The student's side of KD is its CRF's marginals: the same emissions under transition scores
+    # that favour the teacher's path come closer to it.
     eye = torch.eye(2)
     emissions = torch.zeros(1, 2, 2)  # (B, W, L): no preference from the emissions alone
     teacher = torch.tensor([[[9.0, -9.0], [-9.0, 9.0]]])  # label 0 then label 1
     mask = torch.ones(1, 2, dtype=torch.bool)
-    favouring = torch.zeros(2), torch.zeros(2), torch.tensor([[-5.0, 5.0], [0.0, 0.0]])  # 0 -> 1 likely
-    against = torch.zeros(2), torch.zeros(2), torch.tensor([[5.0, -5.0], [0.0, 0.0]])
-    assert (kd_loss(emissions, favouring, teacher, mask, eye, eye, 1.0)
-            < kd_loss(emissions, no_transitions(2), teacher, mask, eye, eye, 1.0)
-            < kd_loss(emissions, against, teacher, mask, eye, eye, 1.0))
+    masks = iob2_masks(["O", "B-PER"])
+
+    def kd_with(transitions: torch.Tensor) -> torch.Tensor:
+        _, marginals = chain_terms(emissions, mask, torch.zeros(2), torch.zeros(2), transitions, *masks)
+        return kd_loss(marginals, teacher, mask, eye, eye, 1.0)
+
+    favouring, against = torch.tensor([[-5.0, 5.0], [0.0, 0.0]]), torch.tensor([[5.0, -5.0], [0.0, 0.0]])
+    assert kd_with(favouring) < kd_with(torch.zeros(2, 2)) < kd_with(against)
 
 
 def test_kd_is_zero_when_shared_distributions_match():
@@ -116,7 +94,7 @@ def test_kd_is_zero_when_shared_distributions_match():
     student = torch.stack([t_o_folded, t_loc - half, t_loc - half, t_org - half, t_org - half,
                            t_per - half, t_per - half], dim=-1)  # (B, W, Ls) in NAMES order
     mask = torch.ones(2, 5, dtype=torch.bool)
-    loss = kd_loss(student, no_transitions(len(NAMES)), teacher_logits, mask, student_to_shared, teacher_to_shared,
+    loss = kd_loss((student / temperature).softmax(-1), teacher_logits, mask, student_to_shared, teacher_to_shared,
                    temperature)
     assert loss.abs() < 1e-5
 
@@ -128,12 +106,12 @@ def test_kd_matches_a_hand_computation_and_ignores_padding():
     mask = torch.tensor([[True, False]])
     # T = 1: p_t = (3/4, 1/4), p_s = (1/2, 1/2).
     expected = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert kd_loss(student, no_transitions(2), teacher, mask, eye, eye, 1.0).item() == pytest.approx(expected, rel=1e-5)
+    assert kd_loss(student.softmax(-1), teacher, mask, eye, eye, 1.0).item() == pytest.approx(expected, rel=1e-5)
     # T = 2 softens both and scales by T^2 = 4.
     p_t = torch.tensor([math.log(3.0) / 2, 0.0]).softmax(0)
     expected_t2 = 4 * float((p_t * (p_t / 0.5).log()).sum())
-    assert kd_loss(student, no_transitions(2), teacher, mask, eye, eye, 2.0).item() == pytest.approx(expected_t2, rel=1e-5)
-    assert kd_loss(student, no_transitions(2), teacher, mask, eye, eye, 1.0) > 0
+    assert kd_loss((student / 2).softmax(-1), teacher, mask, eye, eye, 2.0).item() == pytest.approx(expected_t2, rel=1e-5)
+    assert kd_loss(student.softmax(-1), teacher, mask, eye, eye, 1.0) > 0
 
 
 def test_hidden_loss_is_zero_for_identical_and_one_for_orthogonal_states():
@@ -191,13 +169,22 @@ def test_curriculum_weights_switch_on_the_zero_based_epoch():
     assert Curriculum(0, phase1, phase2).weights(0.0) == phase2
 
 
-def test_crf_nll_is_per_word_and_treats_padding_labels_as_masked(models):
+def test_crf_nll_is_per_word_over_the_iob2_paths_and_treats_padding_labels_as_masked(models):
+    # pytorch-crf with the impossible moves at crf.FORBIDDEN normalises over the paths decoding can take.
     _, student = models
     emissions = torch.randn(2, 5, len(NAMES))
     batch = make_batch()
-    loss = student.nll(emissions, batch["labels"], batch["word_mask"])
-    llh = student.crf(emissions, batch["labels"].clamp_min(0), mask=batch["word_mask"], reduction="sum")
-    assert loss.item() == pytest.approx(-llh.item() / batch["word_mask"].sum().item(), rel=1e-6)
+    tags = [["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["O", "B-ORG"]]
+    labels = torch.full((2, 5), -100)
+    for row, row_tags in enumerate(tags):
+        labels[row, :len(row_tags)] = torch.tensor([NAMES.index(tag) for tag in row_tags])
+    loss = student.nll(emissions, labels, batch["word_mask"])
+    constrained = CRF(len(NAMES), batch_first=True)
+    for param, value in zip((constrained.start_transitions, constrained.end_transitions, constrained.transitions),
+                            student.constrained_transitions()):
+        param.data = value.clone()
+    llh = constrained(emissions, labels.clamp_min(0), mask=batch["word_mask"], reduction="sum")
+    assert loss.item() == pytest.approx(-llh.item() / batch["word_mask"].sum().item(), rel=1e-5)
 
 
 def test_ce_does_not_grow_with_sentence_length(models):
@@ -219,7 +206,7 @@ def test_distillation_loss_is_the_weighted_sum_of_its_parts(models):
     teacher_logits, teacher_hidden = teacher_forward(teacher, batch, output_hidden_states=True)
     out = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                   word_index=batch["word_index"], word_mask=batch["word_mask"], labels=batch["labels"],
-                  output_hidden_states=True)
+                  output_hidden_states=True, kd_temperature=context.temperature)
     parts = distillation_loss(out, teacher_logits, teacher_hidden, batch, weights, context)
     expected = parts.ce + 0.5 * parts.kd + 0.1 * parts.hidden + 0.2 * parts.crf
     assert torch.allclose(parts.total, expected)

@@ -63,9 +63,10 @@ def server(mlflow_workdir: Path):
 def test_server_shows_one_parent_with_its_stage_runs_and_the_gate(mlflow_workdir, server):
     params = params_from_dict({"pruning": {"ratio": 0.5}})
     for stage in STAGES:
-        with tracking.stage_run(stage, params) as run:
+        with tracking.stage_run(stage, params, last=stage == "gate") as run:
             if stage == "gate":
                 run.set_parent_tag("gate", "REVIEW")
+                run.log_summary({"f1": 0.87, "doc_p50_ms": 4.4})
 
     experiment = _call(server, f"/api/2.0/mlflow/experiments/get-by-name?experiment_name={tracking.EXPERIMENT}")
     tags = {tag["key"]: tag["value"] for tag in experiment["experiment"].get("tags", [])}
@@ -77,7 +78,8 @@ def test_server_shows_one_parent_with_its_stage_runs_and_the_gate(mlflow_workdir
     assert len(parents) == 1
     parent = parents[0]["info"]
     parent_tags = tags_of[parent["run_id"]]
-    assert parent_tags["gate"] == "REVIEW"
+    assert parent_tags["gate"] == "REVIEW" and parent_tags["mlflow.note.content"]
+    assert {metric["key"] for metric in parents[0]["data"]["metrics"]} == {"summary.f1", "summary.doc_p50_ms"}
     assert parent["status"] == "FINISHED"
     children = [run for run in runs if tags_of[run["info"]["run_id"]].get("mlflow.parentRunId") == parent["run_id"]]
     assert sorted(tags_of[run["info"]["run_id"]]["stage"] for run in children) == sorted(STAGES)

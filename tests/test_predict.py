@@ -198,7 +198,8 @@ def test_stream_txt_keeps_line_count_with_empty_and_bad_lines(tmp_path, teacher_
     counts = predict_stream(teacher_tagger, source, out, batch_size=2, chunk_lines=2)
     rows = read_output(out)
     assert len(rows) == 6
-    assert counts == {"lines": 6, "tagged": 4, "empty": 1, "failed": 1, "entities": counts["entities"]}
+    assert counts == {"lines": 6, "tagged": 4, "empty": 1, "failed": 1, "long_words_cut": 0,
+                      "entities": counts["entities"]}
     assert rows[1] == {"text": "", "entities": []}
     assert rows[2]["line"] == 3 and "UTF-8" in rows[2]["error"]
     assert rows[3]["text"] == "Marie Curie est née à Varsovie."  # \r\n stripped, text kept as is

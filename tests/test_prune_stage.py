@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer
 
@@ -15,10 +18,13 @@ from nerdistill.io import read_json
 from nerdistill.modeling import CrfStudent, build_student
 from nerdistill.teacher import load_teacher
 from nerdistill.params import Params
-from nerdistill.params_reader import params_from_dict
+from nerdistill.params_reader import parse_override, params_from_dict
 from nerdistill.importance import HeadGates, NeuronGates
 from nerdistill.pruning import ffn_sizes, head_counts, mask_indices
 from nerdistill.stages import prune
+from nerdistill.sweep import apply_overrides
+
+REPO = Path(__file__).resolve().parents[1]
 
 TEACHER_LAYERS = [2, 4]
 
@@ -191,3 +197,36 @@ def test_pruned_model_without_head_provenance_is_refused(first, annotated_dir: P
     pruned.save_pretrained(model_dir)
     with pytest.raises(ValueError, match="neurons_kept_mask"):
         _prune(_params(demo_teacher_dir, 0.25), model_dir, annotated_dir, tmp_path / "out")
+
+
+def _laptop_overrides() -> dict:
+    """The `-S` overrides of the README's laptop command, as a user copies them."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Laptop profile"):]
+    command = re.search(r"```bash\n(dvc exp run .*?)```", section, re.S).group(1).replace("\\\n", " ")
+    words = shlex.split(command)
+    return dict(parse_override(words[i + 1]) for i, word in enumerate(words) if word == "-S")
+
+
+def test_the_readme_ratio_prunes_heads_on_the_laptop_profile(annotated_dir: Path, demo_teacher_dir: Path,
+                                                              tmp_path: Path) -> None:
+    """`dvc exp run -S pruning.ratio=0.15` with the laptop overrides: 0.15 of 3 layers x 4 heads removes heads."""
+    overrides = _laptop_overrides()
+    assert overrides["student.num_layers"] == 3 and "teacher.model_name" in overrides
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    # Windows and batches shrunk for speed only: the head counts and the ratio are the profile's.
+    speed = {"teacher.max_length": 64, "teacher.stride": 16, "student.max_length": 64, "pruning.num_batches": 2,
+             "pruning.batch_size": 8}
+    params = params_from_dict(apply_overrides(raw, {**overrides, **speed, "teacher.model_name": str(demo_teacher_dir),
+                                                    "pruning.ratio": 0.15}))
+    teacher, tokenizer = load_teacher(demo_teacher_dir)
+    id2label = {i: name for name, i in read_json(annotated_dir / "label2id.json").items()}
+    with torch.random.fork_rng():  # the same student whatever ran before, without touching the global RNG
+        torch.manual_seed(0)
+        student = build_student(teacher, id2label, list(params.student.teacher_layers), dropout=0.1,
+                                provenance={"run": "test"})
+    student.save_pretrained(tmp_path / "distilled")
+    tokenizer.save_pretrained(tmp_path / "distilled")
+    metrics = _prune(params, tmp_path / "distilled", annotated_dir, tmp_path)
+    assert metrics["heads_before"] == 12  # the demo profile: 3 layers of the demo teacher's 4 heads
+    assert metrics["heads_removed"] == metrics["heads_removed_requested"] == 2 and metrics["warnings"] == []

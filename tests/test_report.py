@@ -17,7 +17,7 @@ import pytest
 
 from nerdistill import cli
 from nerdistill.io import InputError
-from nerdistill.experiment_table import METRIC_COLUMNS, Row, cell
+from nerdistill.experiment_table import COLUMNS, Row, cell, table_html
 from nerdistill.report import write_report
 
 # Metrics shaped like evaluate/bench/gate's, derived from pruning.ratio so an experiment changes them.
@@ -148,20 +148,22 @@ def test_report_compares_workspace_baseline_and_experiment(toy_repo: tuple[Path,
     rows = {row["experiment"][0]: row for row in page.rows}
     assert set(rows) == {"workspace", "main", exp_name}
 
+    # The decision and the figures it rests on first, the params after.
+    assert page.headers[:7] == ["experiment", "state", "decision", "F1", "F1 drop (pts)", "latency / teacher fp32",
+                                "size / teacher fp32"]
+    assert page.headers.index("pruning.ratio") > page.headers.index("judged model")
     baseline, experiment = rows["main"], rows[exp_name]
+    assert baseline["decision"] == ("GO", "GO") and experiment["decision"] == ("NO-GO", "NO-GO changed")
+    assert experiment["F1"] == ("0.9500", "changed") and experiment["F1 drop (pts)"][0] == "5.00"
+    assert experiment["latency / teacher fp32"] == ("0.250", "changed")
+    assert experiment["size / teacher fp32"] == ("0.200", "")  # unchanged: not flagged
+    assert experiment["latency / teacher int8"][0] == ""  # no teacher int8 in the toy bench
+    assert (experiment["basis"][0], experiment["judged model"][0]) == ("agreement", "onnx_int8")
     assert baseline["pruning.ratio"] == ("0.25", "") and experiment["pruning.ratio"] == ("0.5", "changed")
-    assert experiment["train.temperature"] == ("2.5", "")  # unchanged: not flagged
-    assert baseline["p50 fp32 (ms)"][0] == "25.0" and experiment["p50 fp32 (ms)"][0] == "50.0"
-    assert experiment["p50 int8 (ms)"][0] == "25.0"
-    assert experiment["agreement F1"][0] == "0.9500"
-    assert experiment["F1 drop (pts, agreement)"][0] == "5.00"
-    assert experiment["latency ratio fp32"][0] == "0.500"
-    assert baseline["gate"] == ("GO", "GO") and experiment["gate"] == ("NO-GO", "NO-GO changed")
-    # Which variant the gate judged, and its own figures against the teacher.
-    assert (experiment["gate model"][0], experiment["gate variant"][0]) == ("onnx_int8", "cpu_onnx")
-    assert experiment["gate latency / teacher fp32"] == ("0.250", "changed")
-    assert experiment["gate size / teacher fp32"] == ("0.200", "")
-    assert experiment["gold F1"][0] == ""  # no gold set scored: an empty cell, not an error
+    assert experiment["train.temperature"] == ("2.5", "")
+    assert experiment["final agreement F1"][0] == "0.9500" and experiment["judged p50 (ms)"][0] == "50.0"
+    assert experiment["final gold F1"][0] == ""  # no gold set scored: an empty cell, not an error
+    assert experiment["state"][0] == "" and baseline["state"][0] == ""
 
     # Self-contained: the sources are the inlined front and workspace PNGs, byte for byte.
     front_png = base64.b64encode((tmp_path / "reports" / "report_front.png").read_bytes()).decode()
@@ -194,12 +196,29 @@ def test_outside_a_dvc_repository_the_error_says_so(tmp_path: Path) -> None:
 
 
 def test_cells_follow_the_final_students_name_and_skip_missing_values() -> None:
-    bench = {"final": "small", "models": {"small": {"variants": {"cpu_fp32": {"doc_p50_ms": 12.345}}}}}
+    eval_metrics = {"final": "small", "agreement": {"small": {"f1": 0.91234}}}
     row = Row(name="x", kind="experiment", rev="abc1234", created="", baseline="main",
-              files={"metrics/bench.json": bench, "metrics/eval.json": {"final": "small", "agreement": {}}})
-    by_header = {column.header: cell(row, column) for column in METRIC_COLUMNS}
-    assert by_header["p50 fp32 (ms)"] == "12.3"
-    assert by_header["p50 int8 (ms)"] == "" and by_header["agreement F1"] == "" and by_header["gate"] == ""
+              files={"metrics/eval.json": eval_metrics})
+    by_header = {column.header: cell(row, column) for column in COLUMNS}
+    assert by_header["final agreement F1"] == "0.9123"
+    assert by_header["final gold F1"] == "" and by_header["decision"] == "" and by_header["pruning.ratio"] == ""
+
+
+def test_an_unfinished_experiment_shows_its_state_and_params_but_no_figures() -> None:
+    files = {"params.yaml": {"pruning": {"ratio": 0.15}}, "metrics/gate.json": {"decision": "GO", "f1": 0.9}}
+    baseline = Row(name="main", kind="baseline", rev="abc1234", created="", baseline="", files=files)
+    running = Row(name="curly-coof", kind="experiment", rev="def5678", created="", baseline="main", files=files,
+                  state="running")
+    assert not running.finished and baseline.finished
+    assert Row(name="done", kind="experiment", rev="", created="", baseline="main", files=files,
+               state="success").finished
+    by_header = {column.header: cell(running, column) for column in COLUMNS}
+    assert by_header["decision"] == by_header["F1"] == "" and by_header["pruning.ratio"] == "0.15"
+    page = _Page()
+    page.feed(table_html([baseline, running]))
+    assert page.rows[1]["state"] == ("running", "state") and page.rows[1]["decision"] == ("", "")
+    assert page.rows[0]["decision"] == ("GO", "GO")
+    assert '<tr class="experiment running">' in table_html([running])
 
 
 def _front_names(page: str, cost: str) -> list[str]:
@@ -266,3 +285,42 @@ def test_without_a_point_in_the_bound_the_report_says_how_far_the_best_falls_sho
     assert ("<b>No experiment is within 1 F1 point (gold) of the teacher in fp32 (0.7555)</b>: the best, L3, is "
             "1.55 points below it.") in page
     assert "Recommended" not in page
+
+
+def test_a_queued_experiment_is_marked_kept_off_the_front_and_the_page_fits_a_laptop(
+        toy_repo: tuple[Path, str], tmp_path: Path) -> None:
+    """`dvc exp show` lists a queued (or running) experiment with its baseline's metrics: the report must
+    neither show them as its own nor draw them on the front. The page reads at 1,400 px without scrolling."""
+    import shutil
+
+    root = tmp_path / "repo"
+    shutil.copytree(toy_repo[0], root, symlinks=True)
+    _run(root, "dvc", "exp", "run", "--queue", "-n", "waiting", "-S", "pruning.ratio=0.75")
+    out = write_report(root, tmp_path / "report.html")
+    rows = {row["experiment"][0]: row for row in _parse(out).rows}
+    assert rows["waiting"]["state"][0] == "queued" and rows["waiting"]["decision"][0] == ""
+    assert rows["waiting"]["pruning.ratio"][0] == "0.75"
+    page = out.read_text(encoding="utf-8")
+    assert "<li>waiting: queued, no results yet</li>" in page
+    assert "waiting" not in page.split("<h3>Front on CPU p50")[1].split("</table>")[0]
+    _check_width(out)
+
+
+def _check_width(page: Path) -> None:
+    """In headless Chromium at 1,400 x 900: no horizontal scroll, the decision column in the first 400 px."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = next((path for path in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(path).exists()), None)
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        except sync_api.Error as err:
+            pytest.skip(f"no headless Chromium to measure the page with: {err}")
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 900})
+            tab.goto(page.as_uri())
+            assert tab.evaluate("document.documentElement.scrollWidth") <= 1400
+            headers = tab.evaluate("[...document.querySelectorAll('table')[0].querySelectorAll('th')]"
+                                   ".map(th => [th.textContent, th.getBoundingClientRect().left])")
+            assert dict(headers)["decision"] < 400
+        finally:
+            browser.close()

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import yaml
 
-from nerdistill.results import METRICS_FILES
+from nerdistill.results import GATE_KEYS, METRICS_FILES, SUMMARY_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -12,3 +12,26 @@ def test_every_stage_writes_the_metrics_file_results_names():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     declared = {name: [next(iter(entry)) for entry in stage.get("metrics", [])] for name, stage in stages.items()}
     assert declared == {stage: [path] for stage, path in METRICS_FILES.items()}
+
+
+def test_gate_json_leads_with_the_decision_and_the_figures_it_rests_on():
+    assert GATE_KEYS[:7] == ("decision", "basis", "variant", "f1", "f1_drop_points", "latency_ratio_vs_teacher_fp32",
+                             "size_ratio_vs_teacher_fp32")
+    assert set(SUMMARY_KEYS) < set(GATE_KEYS) and len(set(GATE_KEYS)) == len(GATE_KEYS)
+    assert GATE_KEYS[-1] == "checks"  # the long per-check records last
+
+
+def test_every_plot_is_declared_once_and_its_template_exists():
+    """A file under both the top-level `plots:` and a stage's `plots:` is drawn twice by `dvc plots diff`."""
+    pipeline = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
+    top = [next(iter(entry)) if isinstance(entry, dict) else entry for entry in pipeline["plots"]]
+    assert len(top) == len(set(top))
+    assert not [name for name, stage in pipeline["stages"].items() if stage.get("plots")]
+    outs = {next(iter(out)) if isinstance(out, dict) else out for stage in pipeline["stages"].values()
+            for out in stage.get("outs", [])}
+    assert set(top) <= outs  # each drawn file is some stage's output
+    templates = [entry[path]["template"] for entry in pipeline["plots"] if isinstance(entry, dict)
+                 for path in entry if "template" in entry[path]]
+    custom = [name for name in templates if not (REPO / ".dvc" / "plots" / f"{name}.json").is_file()]
+    assert set(custom) <= {"bar_horizontal", "bar_horizontal_sorted", "linear", "simple", "scatter", "confusion"}
+    assert {"latency_bars", "per_class_f1"} <= set(templates)

@@ -3,13 +3,16 @@
 The shipped demo grid (2 depths x 2 head ratios) with the demo teacher, on the first 200 lines
 of the sample corpus and one distill epoch (the longest test of the suite: CI time): four queued
 DVC experiments in three waves, annotate once, distill once per depth, then the report's front and
-the MLflow parent runs.
+the MLflow parent runs. Then one `dvc exp run --temp` of a point with looser gate bounds, which DVC
+answers from its run-cache but for the gate. No MLFLOW_TRACKING_URI is set: every run, queued or
+temporary, must reach the checkout's own mlflow.db.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +26,11 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_LINES = 200
 NAMES = ["L2-h25", "L2-h50", "L3-h25", "L3-h50"]
+# The temporary experiment: a point's params with bounds that let its gate say GO (one distill epoch on
+# 200 lines makes a poor student) on a loaded machine.
+TEMP_POINT = "L3-h50"
+LOOSE_GATE = ("gate.max_agreement_drop=100", "gate.min_f1=0", "gate.min_export_fidelity=0",
+              "gate.max_latency_ratio_vs_teacher_int8=100")
 
 
 def _copy_repo(dest: Path) -> None:
@@ -37,18 +45,19 @@ def _copy_repo(dest: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def demo_sweep(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path) -> tuple[Path, str, str]:
-    """(repo, the sweep's stdout + stderr, MLflow URI) after one `nerdistill sweep` of the demo grid."""
+def demo_sweep(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path) -> tuple[Path, str, str, str]:
+    """(repo, the sweep's stdout + stderr, the checkout's MLflow URI, the temporary experiment's name)
+    after one `nerdistill sweep` of the demo grid and one `dvc exp run --temp`."""
     root = tmp_path_factory.mktemp("sweep_demo") / "repo"
     _copy_repo(root)
     corpus = root / "data" / "raw" / "corpus.txt"
     corpus.write_text("".join(corpus.read_text(encoding="utf-8").splitlines(keepends=True)[:CORPUS_LINES]),
                       encoding="utf-8")
-    tracking_uri = f"sqlite:///{root.parent / 'mlflow.db'}"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(root / "src"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_TRACKING_URI": tracking_uri}
-    env.pop("DVC_EXP_NAME", None)
+           "MLFLOW_DISABLE_TELEMETRY": "true", "TOKENIZERS_PARALLELISM": "false"}
+    for name in ("DVC_EXP_NAME", "MLFLOW_TRACKING_URI", "DVC_ROOT"):
+        env.pop(name, None)
     for command in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.email", "sweep@example.invalid"],
                     ["git", "config", "user.name", "sweep"], ["git", "add", "-A"],
                     ["git", "commit", "-q", "-m", "demo corpus head"]):
@@ -61,7 +70,21 @@ def demo_sweep(tmp_path_factory: pytest.TempPathFactory, demo_teacher_dir: Path)
     output = done.stdout + done.stderr
     print(f"\nsweep: {time.monotonic() - started:.0f} s\n{output[-4000:]}")
     assert done.returncode == 0, output[-6000:]
-    return root, output, tracking_uri
+    return root, output, f"sqlite:///{root / 'mlflow.db'}", _temp_run(root, env)
+
+
+def _temp_run(root: Path, env: dict[str, str]) -> str:
+    """`dvc exp run --temp` with TEMP_POINT's overrides and LOOSE_GATE: its name."""
+    results = json.loads((root / "sweeps" / "results" / "demo.json").read_text(encoding="utf-8"))
+    argv = shlex.split(next(point["command"] for point in results["points"] if point["name"] == TEMP_POINT))
+    sets = argv[argv.index("-n") + 2:] + [arg for setting in LOOSE_GATE for arg in ("-S", setting)]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "dvc", "exp", "run", "--temp", *sets], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    output = done.stdout + done.stderr
+    print(f"\ntemp run: {time.monotonic() - started:.0f} s\n{output[-3000:]}")
+    assert done.returncode == 0, output[-6000:]
+    return re.search(r"Reproducing experiment '([^']+)'", output).group(1)
 
 
 def _queue_log(root: Path, name: str) -> str:
@@ -75,8 +98,8 @@ def test_four_experiments_with_their_gate_decisions(demo_sweep) -> None:
                                       capture_output=True, text=True, check=True).stdout)
     experiments = {rev["name"]: rev["data"] for entry in shown for exp in entry.get("experiments") or []
                    for rev in exp["revs"]}
-    assert sorted(experiments) == NAMES
-    for name, data in experiments.items():
+    assert sorted(experiments) == sorted([*NAMES, demo_sweep[3]])
+    for name, data in ((name, experiments[name]) for name in NAMES):
         params = data["params"]["params.yaml"]["data"]
         assert f"L{params['student']['num_layers']}-h{round(100 * params['pruning']['ratio'])}" == name
         assert data["metrics"]["metrics/gate.json"]["data"]["decision"] in {"GO", "REVIEW", "NO-GO"}
@@ -116,6 +139,41 @@ def test_mlflow_parents_carry_the_sweep_and_its_figures(demo_sweep) -> None:
     parents = [run for run in parents if "mlflow.parentRunId" not in run.data.tags]
     assert sorted(run.data.tags["dvc_exp_name"] for run in parents) == NAMES
     for run in parents:
-        assert {"gate.f1", "gate.doc_p50_ms", "gate.disk_bytes", "gate.latency_ratio_vs_teacher_fp32",
-                "gate.size_ratio_vs_teacher_fp32"} <= set(run.data.metrics)
+        assert {"summary.f1", "summary.doc_p50_ms", "summary.disk_bytes", "summary.latency_ratio_vs_teacher_fp32",
+                "summary.size_ratio_vs_teacher_fp32"} <= set(run.data.metrics)
         assert run.data.params["student.num_layers"] in {"2", "3"} and run.info.status == "FINISHED"
+
+
+def test_queued_and_temporary_runs_reach_the_checkouts_store(demo_sweep) -> None:
+    """Each experiment: one parent in the checkout's store, named after it and what it changed, its
+    stages nested under it; the registry's champion is the export a GO gate judged, or absent."""
+    import mlflow
+
+    root, _, uri, temp_name = demo_sweep
+    assert not list((root / ".dvc" / "tmp").rglob("mlflow.db"))
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("nerdistill").experiment_id], max_results=1000)
+    parents = {run.data.tags["dvc_exp_name"]: run for run in runs if "mlflow.parentRunId" not in run.data.tags}
+    assert sorted(parents) == sorted([*NAMES, temp_name])
+    stages = {name: {run.data.tags["stage"] for run in runs
+                     if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+              for name, parent in parents.items()}
+    for name in NAMES:
+        assert {"prune", "finetune", "export", "evaluate", "bench", "gate"} <= stages[name], name
+    for name, parent in parents.items():
+        assert parent.info.status == "FINISHED" and "summary.f1" in parent.data.metrics, name
+        assert re.fullmatch(rf"{re.escape(name)} \S+=.+", parent.info.run_name), parent.info.run_name
+        assert parent.data.tags["mlflow.note.content"].startswith(f"Pipeline execution `{name}`")
+    # What it changed from the point it copies: the gate's bounds only.
+    changed = parents[temp_name].info.run_name.split()[1:]
+    assert sorted(pair.split("=")[0] for pair in changed) == sorted(pair.split("=")[0] for pair in LOOSE_GATE)
+
+    go = {parent.info.run_id for parent in parents.values() if parent.data.tags["gate"] == "GO"}
+    if go:
+        champion = client.get_model_version_by_alias("nerdistill-student", "champion")
+        assert champion.tags["parent_run_id"] in go
+        assert client.get_run(champion.run_id).data.tags["stage"] == "export"
+        assert client.get_logged_model(champion.model_id).tags["nerdistill.onnx_digest"]
+    else:
+        assert client.search_registered_models() == []
+    assert stages[temp_name] == {"gate"}  # the rest restored from DVC's run-cache

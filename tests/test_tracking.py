@@ -37,11 +37,11 @@ def test_changed_params_or_experiment_name_open_a_new_parent(mlflow_workdir, mon
         pass
     monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
     with tracking.stage_run("gate", params_from_dict({}), ()) as run:
-        run.write_metrics(mlflow_workdir / "gate.json", {"passed": True}, to_parent=True)
+        run.log_summary({"passed": True})
     parents = [r for r in _runs() if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 3
     named = next(r for r in parents if r.data.tags.get("dvc_exp_name") == "tiny-exp")
-    assert named.data.metrics["gate.passed"] == 1.0
+    assert named.data.metrics["summary.passed"] == 1.0
     assert any(r.data.tags.get("gate") == "GO" for r in parents)
 
 
@@ -59,7 +59,7 @@ def _parents():
     return [r for r in _runs() if "mlflow.parentRunId" not in r.data.tags]
 
 
-def test_parent_spans_its_stages_and_fails_with_them(mlflow_workdir):
+def test_parent_runs_until_the_last_stage_and_fails_with_any(mlflow_workdir):
     import time
 
     import pytest
@@ -67,7 +67,8 @@ def test_parent_spans_its_stages_and_fails_with_them(mlflow_workdir):
     params = params_from_dict({})
     with tracking.stage_run("annotate", params):
         time.sleep(0.3)
-    with tracking.stage_run("distill", params):
+    assert _parents()[0].info.status == "RUNNING"  # between stages: the pipeline still runs
+    with tracking.stage_run("gate", params, last=True):
         time.sleep(0.3)
     (parent,) = _parents()
     children = [r for r in _runs() if "mlflow.parentRunId" in r.data.tags]
@@ -93,7 +94,7 @@ def test_experiment_opens_on_the_runs_table(mlflow_workdir):
     assert (mlflow_workdir / "mlartifacts").as_uri() == experiment.artifact_location
 
 
-def test_run_name_says_what_differs_from_the_shipped_params(mlflow_workdir, monkeypatch):
+def test_run_name_says_what_changed_from_the_closest_earlier_run(mlflow_workdir, monkeypatch):
     import subprocess
 
     import yaml
@@ -103,11 +104,26 @@ def test_run_name_says_what_differs_from_the_shipped_params(mlflow_workdir, monk
     subprocess.run(["git", "add", "params.yaml"], check=True)
     subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"], check=True)
     commit = tracking.git_commit()[:7]
-    assert tracking.run_name(params_from_dict({})) == f"trial@{commit} (shipped params)"
-    changed = params_from_dict({"pruning": {"ratio": 0.5}, "train": {"temperature": 3.0}})
-    assert tracking.run_name(changed) == f"trial@{commit} pruning.ratio=0.5 train.temperature=3.0"
-    monkeypatch.setenv("DVC_EXP_NAME", "sunny-pike")
-    assert tracking.run_name(changed) == "sunny-pike"
+    with tracking.stage_run("gate", params_from_dict({})):
+        pass
+    profile = {"teacher": {"model_name": str(mlflow_workdir / "models" / "demo_teacher")},
+               "distill": {"epochs": 3, "learning_rate": 0.0005}, "finetune": {"epochs": 7}, "bench": {"repeats": 10}}
+    monkeypatch.setenv("DVC_EXP_NAME", "demo-run")
+    with tracking.stage_run("gate", params_from_dict(profile)):
+        pass
+    monkeypatch.setenv("DVC_EXP_NAME", "curly-coof")
+    with tracking.stage_run("gate", params_from_dict({**profile, "pruning": {"ratio": 0.15}})):
+        pass
+    names = {run.info.run_name: run.data.tags["mlflow.note.content"] for run in _parents()}
+    assert f"trial@{commit} (shipped params)" in names
+    # From the committed params: the profile's five changes, past the four a name spells out; a path by its folder.
+    assert "demo-run bench.repeats=10 distill.epochs=3 distill.learning_rate=0.0005 finetune.epochs=7 +1 more" in names
+    assert "teacher.model_name=demo_teacher" in names["demo-run bench.repeats=10 distill.epochs=3 "
+                                                      "distill.learning_rate=0.0005 finetune.epochs=7 +1 more"]
+    # The profile plus one change reads as that change from the profile's run; its description says from what.
+    description = names["curly-coof pruning.ratio=0.15"]
+    assert "Changed from the run `demo-run" in description and "`pruning.ratio=0.15`" in description
+    assert "From the committed params.yaml: `bench.repeats=10" in description
 
 
 RACE_SCRIPT = """
@@ -143,21 +159,79 @@ def test_parallel_stages_of_one_execution_share_one_parent(mlflow_workdir, monke
         assert sum(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id for r in _runs()) == 4
 
 
-def test_a_sweeps_runs_carry_its_tag_and_the_gate_figures(mlflow_workdir, monkeypatch, tmp_path):
+def test_a_sweeps_runs_carry_its_tag_and_the_gate_summary(mlflow_workdir, monkeypatch, tmp_path):
     monkeypatch.setenv("DVC_EXP_NAME", "L3-h25")
     monkeypatch.setenv(tracking.SWEEP_ENV, "demo")
     with tracking.stage_run("gate", params_from_dict({}), ()) as run:
-        run.write_metrics(tmp_path / "gate.json", {"f1": 0.9, "doc_p50_ms": 12.5, "disk_bytes": 1e6}, to_parent=True)
+        run.log_summary({"f1": 0.9, "doc_p50_ms": 12.5, "disk_bytes": 1e6, "size_ratio_vs_teacher_int8": None})
     (parent,) = _parents()
     assert parent.data.tags["sweep"] == "demo" and parent.data.tags["dvc_exp_name"] == "L3-h25"
-    assert parent.data.metrics == {"gate.f1": 0.9, "gate.doc_p50_ms": 12.5, "gate.disk_bytes": 1e6}
+    assert parent.data.metrics == {"summary.f1": 0.9, "summary.doc_p50_ms": 12.5, "summary.disk_bytes": 1e6}
     assert parent.data.params["student.num_layers"] == "10"  # the swept params, for parallel coordinates
 
 
-def test_absolute_uri_points_scratch_copies_at_this_checkouts_store(tmp_path, monkeypatch):
+def test_the_store_is_the_checkouts_even_in_a_dvc_scratch_copy(tmp_path, monkeypatch):
+    checkout, scratch = tmp_path / "repo", tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpab12"
+    scratch.mkdir(parents=True)
+    monkeypatch.chdir(scratch)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert tracking.absolute_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.delenv(tracking.ROOT_ENV, raising=False)
+    assert tracking.tracking_uri() == f"sqlite:///{scratch.resolve() / 'mlflow.db'}"  # outside DVC: here
+    monkeypatch.setenv(tracking.ROOT_ENV, str(checkout))  # what DVC sets for temp and queued runs
+    assert tracking.tracking_uri() == f"sqlite:///{checkout.resolve() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///stores/m.db")
-    assert tracking.absolute_uri(tmp_path) == f"sqlite:///{tmp_path.resolve() / 'stores' / 'm.db'}"
+    assert tracking.tracking_uri() == f"sqlite:///{checkout.resolve() / 'stores' / 'm.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    assert tracking.tracking_uri() == f"sqlite:///{tmp_path / 'other.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking.absolute_uri(tmp_path) == "http://127.0.0.1:5000"
+    assert tracking.tracking_uri() == "http://127.0.0.1:5000"
+
+
+def _tiny_export(folder):
+    """An ONNX folder as export writes it, small: a graph (B, T) int64 -> (B, T, 2) float, and its CRF file."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    folder.mkdir()
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["cast"], to=TensorProto.FLOAT),
+         helper.make_node("Unsqueeze", ["cast", "axes"], ["emissions"])], "tiny",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["B", "T"])],
+        [helper.make_tensor_value_info("emissions", TensorProto.FLOAT, ["B", "T", 1])],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), folder / "model.onnx")
+    (folder / "crf.json").write_text("{}")
+    return folder / "model.onnx"
+
+
+def test_the_shipped_export_is_a_model_registered_as_champion_on_go_only(mlflow_workdir):
+    import mlflow.onnx
+
+    params, figures = params_from_dict({}), {"f1": 0.9, "doc_p50_ms": 4.0}
+    with tracking.stage_run("export", params):
+        digest = tracking.log_onnx_model(_tiny_export(mlflow_workdir / "student_int8"))
+    client = mlflow.MlflowClient()
+    (model,) = client.search_logged_models([_parents()[0].info.experiment_id])
+    assert model.tags[tracking.DIGEST_TAG] == digest and model.source_run_id
+    signature = mlflow.models.get_model_info(f"models:/{model.model_id}").signature
+    assert [(spec.name, str(spec.type), spec.shape) for spec in signature.inputs.inputs] == [
+        ("input_ids", "int64", (-1, -1))]
+    assert [(spec.name, str(spec.type), spec.shape) for spec in signature.outputs.inputs] == [
+        ("emissions", "float32", (-1, -1, 1))]
+
+    with tracking.stage_run("gate", params, last=True) as gate:
+        assert gate.judge_model(digest, figures, promote=False) is None
+        assert gate.judge_model("0" * 16, figures, promote=True) is None  # no such export: nothing registered
+    assert client.search_registered_models() == []
+    linked = client.get_logged_model(model.model_id).metrics
+    assert {(metric.key, metric.value, metric.run_id) for metric in linked} == {
+        ("f1", 0.9, gate.run_id), ("doc_p50_ms", 4.0, gate.run_id)}
+
+    with tracking.stage_run("gate", params, last=True) as gate:
+        version = gate.judge_model(digest, figures, promote=True)
+        assert gate.judge_model(digest, figures, promote=True) == version  # one version per export
+    champion = client.get_model_version_by_alias(tracking.REGISTERED_MODEL, tracking.CHAMPION)
+    assert champion.version == version and champion.source == f"models:/{model.model_id}"
+    assert champion.tags["parent_run_id"] == gate.parent_id
+    assert (mlflow.onnx.load_model(f"models:/{tracking.REGISTERED_MODEL}@{tracking.CHAMPION}").graph.input[0].name
+            == "input_ids")

@@ -7,9 +7,9 @@ from transformers import AutoTokenizer
 
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
-from nerdistill.losses import Curriculum, DistillContext
+from nerdistill.losses import Curriculum, DistillContext, distillation_loss
 from nerdistill.modeling import build_student
-from nerdistill.teacher import load_teacher
+from nerdistill.teacher import load_teacher, teacher_forward
 from nerdistill.params import Schedule, TrainParams, Weights
 from nerdistill.params_reader import params_from_dict
 from nerdistill.trainer import DistillTrainer, TrainingDivergedError, train_student, training_arguments
@@ -186,3 +186,47 @@ def test_same_seed_same_student(random_teacher_dir, annotated_dir, tmp_path):
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert (tmp_path / "a.csv").read_text() == (tmp_path / "b.csv").read_text()
+
+
+def test_batches_group_windows_of_similar_length(random_teacher_dir, annotated_dir, tmp_path):
+    params, teacher, data, student = _setup(random_teacher_dir, annotated_dir)
+    trainer = DistillTrainer(model=student, args=training_arguments(params.train, params.distill, 0, tmp_path),
+                             train_dataset=data.train, eval_dataset=data.val, data_collator=data.collator,
+                             teacher=teacher, context=_context(student, teacher, data, params), max_nonfinite_steps=0,
+                             crf_lr_multiplier=1.0, group_by_length=True)
+    lengths = [len(data.train[i]["input_ids"]) for i in range(len(data.train))]
+    order = list(trainer._get_train_sampler())
+    assert sorted(order) == list(range(len(lengths)))
+
+    def padded(indices: list[int]) -> int:
+        size = params.train.batch_size
+        return sum(max(lengths[i] for i in indices[k:k + size]) * len(indices[k:k + size])
+                   for k in range(0, len(indices), size))
+
+    shuffled = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    assert padded(order) < padded(shuffled)
+
+
+def test_our_part_of_a_training_micro_step_never_reads_the_device(random_teacher_dir, annotated_dir, tmp_path,
+                                                                   monkeypatch):
+    # The CRF terms, the losses, their logging sums and the non-finite guard stay on the device between
+    # logging steps: on a GPU a host read waits for every queued kernel before the next can be queued.
+    # (The encoders' own attention-mask check reads the device once per forward: transformers' code.)
+    params, teacher, data, student = _setup(random_teacher_dir, annotated_dir)
+    context = _context(student, teacher, data, params)
+    trainer = DistillTrainer(model=student, args=training_arguments(params.train, params.distill, 0, tmp_path),
+                             eval_dataset=data.val, teacher=teacher, context=context, max_nonfinite_steps=0,
+                             crf_lr_multiplier=1.0)
+    batch = data.collator([data.train[i] for i in range(4)])
+    student.train()
+    with torch.no_grad():
+        teacher_logits, _ = teacher_forward(teacher, batch, output_hidden_states=False)
+    outputs = student(**{k: batch[k] for k in ("input_ids", "attention_mask", "word_index", "word_mask")})
+    for read in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, read, lambda *args, read=read: pytest.fail(f"host read ({read})"))
+    outputs.loss, outputs.marginals = student.crf_terms(outputs.emissions, batch["labels"], batch["word_mask"],
+                                                        batch["starts_line"], batch["ends_line"], context.temperature)
+    parts = distillation_loss(outputs, teacher_logits, None, batch, Weights(1.0, 1.0, 0.0, 0.1), context)
+    trainer._record(parts).backward()
+    monkeypatch.undo()
+    assert trainer._finite_micro_steps.item() == 1

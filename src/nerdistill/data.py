@@ -11,14 +11,15 @@ line's edges, not to a cut in the middle of it (`modeling.CrfStudent` drops them
 from __future__ import annotations
 
 import logging
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from nerdistill.annotated import AnnotatedDir
-from nerdistill.io import InputError
+from nerdistill.annotated import AnnotatedDir, line_starts, record_at
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ class WordTokenizer:
 
     Consecutive windows share about `stride` sub-tokens (whole words) of context. A word the
     tokenizer turns into nothing (zero-width or control characters) is given the unknown token,
-    so that no word is ever dropped: words in == words out.
+    so that no word is ever dropped: words in == words out. A word longer than a window (a URL, a
+    base64 blob) is cut to the window; `words_cut` counts such words over every call so far.
     """
 
     def __init__(self, tokenizer: Any, max_length: int, stride: int) -> None:
@@ -68,9 +70,10 @@ class WordTokenizer:
             raise ValueError(f"max_length={max_length} leaves {self.budget} sub-tokens per window after special "
                              f"tokens; stride={stride} must be in [0, {self.budget})")
         self.stride = stride
+        self.words_cut = 0
 
     def windows(self, words: Sequence[str]) -> list[Window]:
-        """Windows covering `words`; every word is owned by exactly one of them."""
+        """Windows covering `words`; every word is owned by exactly one of them, and each owns one or more."""
         if not words:
             return []
         pieces = self._pieces(words)
@@ -80,8 +83,10 @@ class WordTokenizer:
 
     def _pieces(self, words: Sequence[str]) -> list[list[int]]:
         # Only the first sub-token of a word is read; capping lets one absurd "word" (a URL, a
-        # base64 blob) still fit in a window.
-        return [p[:self.budget] for p in word_pieces(self.tokenizer, words)]
+        # base64 blob) still fit in a window. Counted: the pieces cut off are context never seen.
+        pieces = word_pieces(self.tokenizer, words)
+        self.words_cut += sum(len(p) > self.budget for p in pieces)
+        return [p[:self.budget] for p in pieces]
 
     def _window(self, pieces: list[list[int]], span: tuple[int, int], owner: tuple[int, int]) -> Window:
         input_ids = list(self.prefix)
@@ -116,8 +121,12 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 def _window_spans(lengths: Sequence[int], budget: int, stride: int) -> list[tuple[int, int]]:
-    """Word ranges `[start, end)` of at most `budget` sub-tokens, consecutive ones sharing up to
-    `stride` sub-tokens of whole words."""
+    """Word ranges `[start, end)` of at most `budget` sub-tokens (no word is longer), consecutive ones
+    sharing up to `stride` sub-tokens of whole words.
+
+    Each window starts after the previous one and reaches past its end, so every window owns a word
+    (`_owned_ranges`) and the work is linear: (windows - 1) * (budget - stride) <= 2 * sub-tokens - words.
+    """
     spans: list[tuple[int, int]] = []
     start = 0
     while True:
@@ -128,16 +137,19 @@ def _window_spans(lengths: Sequence[int], budget: int, stride: int) -> list[tupl
         spans.append((start, end))
         if end == len(lengths):
             return spans
-        # Step back over whole words to share context, but always move forward.
+        # Step back over whole words to share context, but never so far that word `end` no longer
+        # fits: behind a long word the windows would creep forward a word at a time, owning none.
+        room = min(stride, budget - lengths[end])
         next_start, shared = end, 0
-        while next_start - 1 > start and shared + lengths[next_start - 1] <= stride:
+        while next_start - 1 > start and shared + lengths[next_start - 1] <= room:
             next_start -= 1
             shared += lengths[next_start]
         start = next_start
 
 
 def _owned_ranges(spans: list[tuple[int, int]], num_words: int) -> list[tuple[int, int]]:
-    """Split each overlap at its middle: a word belongs to the window whose centre is nearer."""
+    """Split each overlap at its middle: a word belongs to the window whose centre is nearer. As
+    both ends of `_window_spans`' windows strictly increase, each window owns at least one word."""
     cuts = [0]
     for (_, end), (next_start, _) in zip(spans, spans[1:]):
         cuts.append((next_start + end) // 2)
@@ -211,12 +223,57 @@ def _pad(rows: list[list], value: Any, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=dtype)
 
 
+class SplitFeatures(torch.utils.data.Dataset):
+    """The training features of one annotated split (`features`), read from its file when asked for.
+
+    Nothing is held per record but small arrays: one streaming pass checks every record and windows
+    it, keeping where its line starts in the file and, for each feature (one window), its record,
+    its rank among that record's windows and its sub-token count (`lengths`, for batches grouped by
+    length). `dataset[i]` re-reads its record and windows it again, exactly as `features` does; the
+    last record's features are kept, so a long line's windows read in a row are tokenized once.
+    A slice gives a list of features.
+    """
+
+    def __init__(self, annotated: AnnotatedDir, split: str, words: WordTokenizer, label2id: Mapping[str, int]):
+        self.path = annotated.split_path(split)
+        self.words, self.label2id = words, label2id
+        records = annotated.records(split)  # raises before any reading when the split is missing
+        line_offsets = line_starts(self.path)
+        starts, record_of, window_of, lengths = array("q"), array("q"), array("i"), array("i")
+        for line_no, record in records:
+            starts.append(int(line_offsets[line_no - 1]))
+            for rank, window in enumerate(words.windows(record["tokens"])):
+                record_of.append(len(starts) - 1)
+                window_of.append(rank)
+                lengths.append(len(window.input_ids))
+        self._starts = np.frombuffer(starts, dtype=np.int64)
+        self._record_of = np.frombuffer(record_of, dtype=np.int64)
+        self._window_of = np.frombuffer(window_of, dtype=np.int32)
+        self.lengths = np.frombuffer(lengths, dtype=np.int32)  # (features,) sub-tokens of each
+        self._cached: tuple[int, list[dict[str, Any]]] = (-1, [])
+
+    def __len__(self) -> int:
+        return len(self._record_of)
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._features_of(int(self._record_of[index]))[int(self._window_of[index])]
+
+    def _features_of(self, record: int) -> list[dict[str, Any]]:
+        if self._cached[0] != record:
+            self._cached = record, features([record_at(self.path, int(self._starts[record]))], self.words,
+                                            self.label2id)
+        return self._cached[1]
+
+
 @dataclass
 class TrainingData:
     """What distill, prune and finetune train or score on: windowed features of the train and val
-    splits, their collator, the label map and the teacher's transition prior."""
-    train: list[dict]
-    val: list[dict]
+    splits (read lazily from the annotated folder), their collator, the label map and the teacher's
+    transition prior."""
+    train: SplitFeatures
+    val: SplitFeatures
     collator: NerCollator
     id2label: dict[int, str]
     transitions: dict[str, Any]
@@ -225,11 +282,8 @@ class TrainingData:
 def load_training_data(annotated: AnnotatedDir, tokenizer: Any, max_length: int, stride: int) -> TrainingData:
     label2id = annotated.label2id()
     words = WordTokenizer(tokenizer, max_length, stride)
-    train = features(annotated.split("train"), words, label2id)
-    val = features(annotated.split("val"), words, label2id)
-    if not train or not val:
-        raise InputError(f"{annotated.path}: the train and val splits must both hold phrases (train {len(train)}, "
-                         f"val {len(val)}); annotate a larger corpus or change annotate.split")
+    train = SplitFeatures(annotated, "train", words, label2id)
+    val = SplitFeatures(annotated, "val", words, label2id)
     log.info("training features: %d train, %d val windows", len(train), len(val))
     return TrainingData(train=train, val=val, collator=NerCollator(tokenizer.pad_token_id),
                         id2label={int(i): name for name, i in label2id.items()},

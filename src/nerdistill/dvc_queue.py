@@ -84,7 +84,7 @@ def run_sweep(grid_path: Path, params: Params, extra: list[str], root: Path, job
 
     if dry_run:
         return record()
-    env = _env(root, grid.name)
+    env = _env(grid.name)
     _check_names_free(root, env, [point.name for wave in planned for point in wave])
     try:
         for number, wave in enumerate(planned, 1):
@@ -102,11 +102,12 @@ def run_sweep(grid_path: Path, params: Params, extra: list[str], root: Path, job
     return results
 
 
-def _env(root: Path, sweep_name: str) -> dict[str, str]:
+def _env(sweep_name: str) -> dict[str, str]:
     """The environment of DVC and of the queue workers it spawns: `dvc` and `nerdistill` from this
-    interpreter's folder, the MLflow store of this checkout (not of the scratch copy), the sweep's tag."""
+    interpreter's folder, the sweep's tag. The stages find this checkout's MLflow store themselves
+    (`tracking.tracking_uri`, from the DVC_ROOT that DVC hands them)."""
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": tracking.absolute_uri(root), tracking.SWEEP_ENV: sweep_name}
+           tracking.SWEEP_ENV: sweep_name}
     env.pop("DVC_EXP_NAME", None)
     return env
 
@@ -213,6 +214,6 @@ def main(args: argparse.Namespace, params: Params) -> int:
     results_path = args.results or sweep.RESULTS_DIR / f"{args.grid.stem}.json"
     results = run_sweep(args.grid, params, args.set_param, Path.cwd(), args.jobs, results_path, args.dry_run)
     if args.dry_run:
-        return 0
+        return 1 if any(point["status"] == sweep.INVALID for point in results["points"]) else 0
     write_report(Path.cwd(), args.report or Path("reports") / f"sweep-{args.grid.stem}.html", sweeps=(results_path,))
     return 0 if all(point["status"] == sweep.SUCCESS for point in results["points"]) else 1

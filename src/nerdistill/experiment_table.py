@@ -1,5 +1,7 @@
 """The report's table: one row per revision `dvc exp show --json` lists (the workspace, each
-baseline commit and its experiments), the params and metrics shown as its columns, and its HTML.
+baseline commit and its experiments), the params and metrics shown as its columns, and its HTML:
+the gate's decision and figures first, the params after, the final student's details last; an
+experiment still running, queued or failed marked so, its figures left blank.
 
 The rows are read from `dvc exp show --json`, which keeps each revision's params and metrics
 nested by file; `dvc.api.exp_show` flattens them into ambiguous column names.
@@ -15,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from nerdistill.io import InputError
-from nerdistill.results import AGREEMENT, BENCH, EVAL, FINAL, FP32, GATE, GOLD, INT8, PARAMS_FILE, PRUNE, drop_path, \
-    f1_path, ratio_path, variant_path
+from nerdistill.results import AGREEMENT, BENCH, EVAL, FINAL, GATE, GOLD, PARAMS_FILE, PRUNE, SUMMARY_DROP, \
+    SUMMARY_F1, SUMMARY_LATENCY_RATIO, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_SIZE_RATIO, f1_path
 
 
 @dataclass(frozen=True)
@@ -27,34 +29,37 @@ class Column:
     fmt: str = "{}"
 
 
+# What a reviewer reads first: the gate's decision on the variant it judged and the figures it rests on.
+LEAD_COLUMNS = (
+    Column("decision", GATE, ("decision",)),
+    Column("F1", GATE, (SUMMARY_F1,), "{:.4f}"),
+    Column("F1 drop (pts)", GATE, (SUMMARY_DROP,), "{:.2f}"),
+    Column("latency / teacher fp32", GATE, (SUMMARY_LATENCY_RATIO,), "{:.3f}"),
+    Column("size / teacher fp32", GATE, (SUMMARY_SIZE_RATIO,), "{:.3f}"),
+    Column("latency / teacher int8", GATE, (SUMMARY_LATENCY_RATIO_INT8,), "{:.3f}"),
+    Column("basis", GATE, ("basis",)),
+    Column("judged model", GATE, ("model",)),
+)
 PARAM_COLUMNS = (
+    Column("student.num_layers", PARAMS_FILE, ("student", "num_layers")),
     Column("pruning.ratio", PARAMS_FILE, ("pruning", "ratio")),
+    Column("pruning.ffn_ratio", PARAMS_FILE, ("pruning", "ffn_ratio")),
     Column("pruning.scope", PARAMS_FILE, ("pruning", "scope")),
     Column("train.temperature", PARAMS_FILE, ("train", "temperature")),
     Column("distill.epochs", PARAMS_FILE, ("distill", "epochs")),
-    Column("distill.learning_rate", PARAMS_FILE, ("distill", "learning_rate")),
-    Column("student.num_layers", PARAMS_FILE, ("student", "num_layers")),
-    Column("finetune.epochs", PARAMS_FILE, ("finetune", "epochs")),
 )
-METRIC_COLUMNS = (
-    Column("agreement F1", EVAL, f1_path(AGREEMENT), "{:.4f}"),
-    Column("gold F1", EVAL, f1_path(GOLD), "{:.4f}"),
-    Column("F1 drop (pts, agreement)", EVAL, drop_path(AGREEMENT), "{:.2f}"),
-    Column("F1 drop (pts, gold)", EVAL, drop_path(GOLD), "{:.2f}"),
+# For a closer look: the final PyTorch student's own F1 and heads removed, the judged variant's p50.
+DETAIL_COLUMNS = (
+    Column("final agreement F1", EVAL, f1_path(AGREEMENT), "{:.4f}"),
+    Column("final gold F1", EVAL, f1_path(GOLD), "{:.4f}"),
     Column("heads removed", PRUNE, ("heads_removed",)),
-    Column("p50 fp32 (ms)", BENCH, variant_path(FP32, "doc_p50_ms"), "{:.1f}"),
-    Column("p50 int8 (ms)", BENCH, variant_path(INT8, "doc_p50_ms"), "{:.1f}"),
-    Column("latency ratio fp32", BENCH, ratio_path("doc_p50_ms"), "{:.3f}"),
-    Column("latency ratio int8", BENCH, ratio_path("int8_doc_p50_ms"), "{:.3f}"),
-    Column("params ratio", BENCH, ratio_path("parameters"), "{:.3f}"),
-    Column("bytes ratio", BENCH, ratio_path("disk_bytes"), "{:.3f}"),
-    Column("gate", GATE, ("decision",)),
-    Column("gate model", GATE, ("model",)),
-    Column("gate variant", GATE, ("variant",)),
-    Column("gate F1", GATE, ("f1",), "{:.4f}"),
-    Column("gate latency / teacher fp32", GATE, ("latency_ratio_vs_teacher_fp32",), "{:.3f}"),
-    Column("gate size / teacher fp32", GATE, ("size_ratio_vs_teacher_fp32",), "{:.3f}"),
+    Column("judged p50 (ms)", GATE, (SUMMARY_P50,), "{:.1f}"),
 )
+COLUMNS = LEAD_COLUMNS + PARAM_COLUMNS + DETAIL_COLUMNS
+DECISION = LEAD_COLUMNS[0]
+# An experiment's executor state (`dvc exp show`) other than success: its files are not its own results
+# (a running or queued experiment shows its baseline's), so its figures are blanked and it stays off the front.
+UNFINISHED = ("running", "queued", "failed")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,12 @@ class Row:
     created: str
     baseline: str            # name of the row it was derived from ("" for baselines)
     files: dict[str, Any]    # params/metrics file -> its parsed content
+    state: str = ""          # an experiment's executor state (success, running, queued, failed); "" otherwise
+
+    @property
+    def finished(self) -> bool:
+        """Whether the row's metrics are its own results (a baseline, the workspace, a succeeded experiment)."""
+        return self.state not in UNFINISHED
 
 
 def collect_rows(repo_dir: Path) -> list[Row]:
@@ -75,7 +86,8 @@ def collect_rows(repo_dir: Path) -> list[Row]:
         baseline = _row(entry, kind, "")
         rows.append(baseline)
         for experiment in entry.get("experiments") or []:
-            rows.extend(_row(rev, "experiment", baseline.name) for rev in experiment["revs"])
+            state = (experiment.get("executor") or {}).get("state") or ""
+            rows.extend(_row(rev, "experiment", baseline.name, state) for rev in experiment["revs"])
     return rows
 
 
@@ -89,14 +101,14 @@ def _exp_show(repo_dir: Path) -> list[dict]:
     return json.loads(done.stdout)
 
 
-def _row(entry: dict, kind: str, baseline: str) -> Row:
+def _row(entry: dict, kind: str, baseline: str, state: str = "") -> Row:
     data = entry.get("data") or {}
     files = {name: content.get("data", {}) for section in ("params", "metrics")
              for name, content in (data.get(section) or {}).items()}
     rev = entry["rev"]
     name = entry.get("name") or (rev if kind == "workspace" else rev[:7])
     return Row(name=name, kind=kind, rev="" if kind == "workspace" else rev[:7],
-               created=data.get("timestamp") or "", baseline=baseline, files=files)
+               created=data.get("timestamp") or "", baseline=baseline, files=files, state=state)
 
 
 def select_rows(rows: list[Row], names: list[str] | None) -> list[Row]:
@@ -111,7 +123,10 @@ def select_rows(rows: list[Row], names: list[str] | None) -> list[Row]:
 
 
 def cell(row: Row, column: Column) -> str:
-    """The formatted value of `column` in `row`, or "" where that revision lacks it."""
+    """The formatted value of `column` in `row`, or "" where that revision lacks it or has no results of its
+    own yet (its params are shown all the same)."""
+    if not row.finished and column.source != PARAMS_FILE:
+        return ""
     tree = row.files.get(column.source, {})
     final = _final_name(row)
     for key in column.path:
@@ -134,22 +149,25 @@ def _final_name(row: Row) -> str:
 
 
 def table_html(rows: list[Row]) -> str:
-    """The rows as an HTML table; values an experiment changed from its baseline have the class "changed"."""
+    """The rows as an HTML table, decision and figures first, params after; values an experiment changed
+    from its baseline have the class "changed", an unfinished experiment's row its state."""
     baselines = {row.name: row for row in rows if row.kind != "experiment"}
-    columns = PARAM_COLUMNS + METRIC_COLUMNS
-    head = "".join(f"<th>{html.escape(header)}</th>"
-                   for header in ("experiment", "rev", "created", *(c.header for c in columns)))
+    # Dotted headers may break after a dot: narrow columns keep the table within a laptop screen.
+    head = "".join(f"<th>{html.escape(header).replace('.', '.<wbr>')}</th>"
+                   for header in ("experiment", "state", *(column.header for column in COLUMNS)))
     body = []
     for row in rows:
         base = baselines.get(row.baseline)
-        cells = [f'<td class="name">{html.escape(row.name)}</td>', f"<td>{html.escape(row.rev)}</td>",
-                 f"<td>{html.escape(row.created)}</td>"]
-        for column in columns:
+        title = " ".join(part for part in (row.rev, row.created) if part)
+        cells = [f'<td class="name" title="{html.escape(title)}">{html.escape(row.name)}</td>',
+                 f'<td class="state">{html.escape(row.state if row.state != "success" else "")}</td>']
+        for column in COLUMNS:
             value = cell(row, column)
-            classes = [value] if column.source == GATE and column.path == ("decision",) else []
-            if base is not None and value != cell(base, column):
+            classes = [value] if column is DECISION and value else []
+            if base is not None and row.finished and value != cell(base, column):
                 classes.append("changed")
             attr = f' class="{" ".join(classes)}"' if classes else ""
             cells.append(f"<td{attr}>{html.escape(value)}</td>")
-        body.append(f'<tr class="{row.kind}">{"".join(cells)}</tr>')
+        state = f" {row.state}" if not row.finished else ""
+        body.append(f'<tr class="{row.kind}{state}">{"".join(cells)}</tr>')
     return f"<table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table>"

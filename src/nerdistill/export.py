@@ -40,8 +40,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from nerdistill.data import NerCollator, WordTokenizer, gather_words
 from nerdistill.io import InputError, atomic_dir, write_json
 from nerdistill.labels import ordered_labels
-from nerdistill.model_folders import (CRF_FILE, EXPORTED_TEACHER, ONNX_MANIFEST, load_tokenizer, model_kind,
-                                      student_window, window_length)
+from nerdistill.model_folders import (CRF_FILE, EXPORTED_TEACHER, ONNX_MANIFEST, check_vocabulary, load_tokenizer,
+                                      model_kind, student_window, window_length)
 from nerdistill.modeling import CrfStudent, parameter_count
 from nerdistill.params import ExportParams
 from nerdistill.text import split_words
@@ -86,7 +86,9 @@ def load_student(model_dir: str | Path) -> tuple[CrfStudent, PreTrainedTokenizer
     if kind != "student":
         raise InputError(f"{model_dir}: export takes a CRF student folder (distill/prune/finetune output), "
                          f"this is a {kind} model")
-    return CrfStudent.from_pretrained(folder).float().eval(), load_tokenizer(folder)
+    student, tokenizer = CrfStudent.from_pretrained(folder).float().eval(), load_tokenizer(folder)
+    check_vocabulary(folder, tokenizer, student.config.encoder.vocab_size)
+    return student, tokenizer
 
 
 def export_student(student: CrfStudent, tokenizer: PreTrainedTokenizerBase, fp32_dir: str | Path,

@@ -95,10 +95,12 @@ def label(params: dict[str, Any]) -> str:
     return point_name(values)
 
 
-def build(rows: Sequence[tuple[str, dict[str, dict]]]) -> Front | None:
-    """The front over (experiment name, {result file: content}) rows; None when no row has figures."""
+def build(rows: Sequence[tuple[str, dict[str, dict]]], unfinished: Sequence[str] = ()) -> Front | None:
+    """The front over (experiment name, {result file: content}) rows of finished experiments; None when no
+    row has figures. `unfinished`: why the experiments left out before (running, failed) were, listed
+    with the rows left out here."""
     found: dict[str, tuple[str, dict[str, float], dict]] = {}
-    left_out = []
+    left_out = list(unfinished)
     for name, files in rows:
         try:
             figures = summary(files.get(GATE, {}), files.get(BENCH, {}), files.get(EVAL, {}))
@@ -128,6 +130,16 @@ def build(rows: Sequence[tuple[str, dict[str, dict]]]) -> Front | None:
 
 def teacher_fp32(front: Front) -> Point | None:
     return next((point for point in front.teacher if point.name == f"teacher {FP32}"), None)
+
+
+def f1_bound(front: Front) -> tuple[float, str] | None:
+    """The lowest F1 the gates accept on the front's basis (the teacher's fp32 F1 less the strictest drop
+    bound) and its caption; None without a bound or a teacher reference."""
+    teacher = teacher_fp32(front)
+    if teacher is None or front.max_drop_points is None:
+        return None
+    return (teacher.f1 - front.max_drop_points / 100,
+            f"gate bound: teacher fp32 F1 - {front.max_drop_points:g} points")
 
 
 def recommend(front: Front, cost: str = SUMMARY_P50) -> Point | None:

@@ -31,8 +31,8 @@ from nerdistill.pruning import encoder_layers, ffn_sizes, head_counts
 log = logging.getLogger(__name__)
 
 Scope = Literal["per_layer", "global"]
-ROUNDING_RULE = ("removed = floor(ratio * units + 1e-9), units (heads or FFN neurons) counted per layer "
-                 "(per_layer) or in total (global)")
+ROUNDING_RULE = ("removed = round(ratio * units in scope), at least 1 when ratio > 0; per_layer shares it "
+                 "out by largest remainder (ties: the least important unit), each layer keeping its minimum")
 # A layer keeps at least this share of its FFN neurons (and at least one head). Global scope ranks
 # normalised scores across layers, so a layer whose importance is spread evenly could otherwise
 # lose nearly all of its FFN; per_layer at any ratio up to 0.95 never reaches this floor.
@@ -204,10 +204,13 @@ def _select(importance: torch.Tensor, ratio: float, scope: Scope, unit: str,
             minimum: Callable[[int], int]) -> tuple[dict[int, list[int]], dict[str, Any]]:
     """Units to keep per layer (least important removed first) and a report of what was done.
 
-    The one rounding rule (ROUNDING_RULE): remove floor(ratio * units + 1e-9), counting units per
-    layer or in total; the 1e-9 keeps 0.25 * 12 from rounding down to 2 on float error. A layer
-    left below `minimum(its units)` gets its most important removed units back, with a warning and
-    a line in the report. NaN entries (units a layer does not have) are ignored.
+    The one rounding rule (ROUNDING_RULE), over the whole scope: remove round(ratio * all units),
+    at least one when ratio > 0, so that 0.15 of 3 layers x 4 heads removes 2 heads, not the 0 a
+    per-layer floor gives. per_layer shares that count out in proportion to each layer's units
+    (`_layer_quotas`); global removes the least important anywhere. A layer never drops below
+    `minimum(its units)`: per_layer moves the excess to other layers, global gives a layer its most
+    important removed units back (a warning and a line in the report). NaN entries (units a layer
+    does not have) are ignored.
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"pruning ratio {ratio} must be a fraction in [0, 1]")
@@ -215,33 +218,80 @@ def _select(importance: torch.Tensor, ratio: float, scope: Scope, unit: str,
         raise ValueError(f"pruning scope {scope!r}; allowed values: per_layer, global")
     rows = importance.tolist()
     present = [[index for index, value in enumerate(row) if not math.isnan(value)] for row in rows]
-    # (importance, layer, unit) from least to most important; ties broken by position for determinism.
-    ranked = sorted((rows[layer][index], layer, index) for layer, units in enumerate(present) for index in units)
-    total = len(ranked)
+    # Each layer's units from least to most important; ties broken by position for determinism.
+    ordered = [sorted(units, key=lambda index, row=rows[layer]: (row[index], index))
+               for layer, units in enumerate(present)]
+    total = sum(len(units) for units in present)
+    requested = _requested(ratio, total)
     removed: dict[int, list[int]] = {layer: [] for layer in range(len(present))}
     if scope == "per_layer":
-        quota = {layer: math.floor(ratio * len(units) + 1e-9) for layer, units in enumerate(present)}
-        for _, layer, index in ranked:
-            if len(removed[layer]) < quota[layer]:
-                removed[layer].append(index)
-        requested = sum(quota.values())
+        floors = [min(len(units), max(1, minimum(len(units)))) if units else 0 for units in present]
+        quotas, spared = _layer_quotas(rows, ordered, floors, ratio, requested)
+        for layer, quota in enumerate(quotas):
+            removed[layer] = ordered[layer][:quota]
     else:
-        requested = math.floor(ratio * total + 1e-9)
+        ranked = sorted((rows[layer][index], layer, index) for layer, units in enumerate(present) for index in units)
         for _, layer, index in ranked[:requested]:
             removed[layer].append(index)
-    spared = _spare(rows, present, removed, minimum, unit)
-    keep = {}
-    for layer, units in enumerate(present):
-        gone = set(removed[layer])
-        keep[layer] = [index for index in units if index not in gone]
+        spared = _spare(rows, present, removed, minimum, unit)
+    gone = {layer: set(indices) for layer, indices in removed.items()}
+    keep = {layer: [index for index in units if index not in gone[layer]] for layer, units in enumerate(present)}
+    count = sum(len(units) for units in removed.values())
+    warning = _no_op_warning(ratio, unit, total, count)
+    log.info("pruning %s: ratio %g of %d (%s) -> %d requested, %d removed", unit, ratio, total, scope,
+             requested, count)
     report = {
         "ratio": ratio, "scope": scope, "rounding_rule": ROUNDING_RULE,
-        f"{unit}_before": total, "removed_requested": requested,
-        "removed": sum(len(units) for units in removed.values()),
-        f"{unit}_after": sum(len(units) for units in keep.values()),
-        "layers_spared": spared,
+        f"{unit}_before": total, "removed_requested": requested, "removed": count,
+        f"{unit}_after": total - count, "layers_spared": spared, "warning": warning,
     }
     return keep, report
+
+
+def _requested(ratio: float, units: int) -> int:
+    """round(ratio * units), halves up (not Python's to-even), at least 1 when ratio > 0; the 1e-9 keeps
+    0.25 * 12 = 2.9999... from rounding the wrong way."""
+    if ratio <= 0.0 or units == 0:
+        return 0
+    return min(units, max(1, math.floor(ratio * units + 0.5 + 1e-9)))
+
+
+def _layer_quotas(rows: list[list[float]], ordered: list[list[int]], floors: list[int], ratio: float,
+                  requested: int) -> tuple[list[int], list[int]]:
+    """How many units each layer loses (per_layer scope), summing to `requested` where the floors allow,
+    and the layers whose own share (ratio * their units) their floor cuts (spared).
+
+    Largest remainder: each layer first loses floor(ratio * its units), capped by its floor; the
+    rest go one by one to the layers with the largest fractional share, ties to the layer whose next
+    unit is the least important, and round again while some remain (a cap or the at-least-one).
+    """
+    exact = [ratio * len(units) for units in ordered]
+    capacity = [len(units) - floor for units, floor in zip(ordered, floors)]
+    quotas = [min(math.floor(share + 1e-9), room) for share, room in zip(exact, capacity)]
+    spared = [layer for layer, (share, room) in enumerate(zip(exact, capacity)) if share > room + 1e-9]
+
+    def priority(layer: int) -> tuple[float, float, int]:
+        # The largest share still owed first, then the layer whose next unit to go matters least.
+        return quotas[layer] - exact[layer], rows[layer][ordered[layer][quotas[layer]]], layer
+
+    while sum(quotas) < requested and any(quota < room for quota, room in zip(quotas, capacity)):
+        open_layers = sorted((layer for layer in range(len(ordered)) if quotas[layer] < capacity[layer]), key=priority)
+        for layer in open_layers[:requested - sum(quotas)]:
+            quotas[layer] += 1
+    if spared:
+        log.warning("pruning at ratio %g would leave layers %s below their minimum; their excess went to "
+                    "other layers where it could", ratio, spared)
+    return quotas, spared
+
+
+def _no_op_warning(ratio: float, unit: str, total: int, removed: int) -> str | None:
+    """The one-line warning when a positive ratio removes nothing (every layer already at its minimum)."""
+    if ratio <= 0.0 or removed > 0:
+        return None
+    warning = (f"ratio {ratio:g} removes none of the {total} {unit}: the layers it would cut already hold only "
+               f"their minimum; set the ratio to 0 or prune a model with more {unit} per layer")
+    log.warning("pruning %s", warning)
+    return warning
 
 
 def _spare(rows: list[list[float]], present: list[list[int]], removed: dict[int, list[int]],

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 from nerdistill import labels
-from nerdistill.crf import crf_log_marginals
 from nerdistill.modeling import StudentOutput
 from nerdistill.params import Weights
 
@@ -38,26 +37,21 @@ from nerdistill.params import Weights
 _EPS = 1e-12
 
 
-def kd_loss(student_emissions: torch.Tensor, crf_scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-            teacher_logits: torch.Tensor, word_mask: torch.Tensor, student_to_shared: torch.Tensor,
-            teacher_to_shared: torch.Tensor, temperature: float, starts_line: torch.Tensor | None = None,
-            ends_line: torch.Tensor | None = None) -> torch.Tensor:
+def kd_loss(student_marginals: torch.Tensor, teacher_logits: torch.Tensor, word_mask: torch.Tensor,
+            student_to_shared: torch.Tensor, teacher_to_shared: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher || student) in the shared label space, x T^2, mean over real words.
 
-    The student's distribution is its CRF's per-word marginal (forward-backward over emissions and
-    transition scores, all divided by T), what it actually predicts, not a softmax of its emissions:
-    fitting the emissions alone to the teacher, the transition scores then counted the prior a second
-    time and the student under-tagged (real stand-in, docs/results.md).
+    The student's distribution is its CRF's per-word marginal at temperature T (`CrfStudent.crf_terms`:
+    emissions and transition scores all divided by T), what it actually predicts, not a softmax of its
+    emissions: fitting the emissions alone to the teacher, the transition scores then counted the prior
+    a second time and the student under-tagged (real stand-in, docs/results.md).
 
-    student_emissions (B, W, Ls), teacher_logits (B, W, Lt); the *_to_shared matrices are
+    student_marginals (B, W, Ls), teacher_logits (B, W, Lt); the *_to_shared matrices are
     0/1 with one 1 per row, (Ls, S) and (Lt, S): summing probabilities through them turns a
     distribution over a model's labels into one over the S shared classes.
     """
-    start, end, transitions = (score.float() / temperature for score in crf_scores)
-    log_marginals = crf_log_marginals(student_emissions.float() / temperature, word_mask.bool(), start, end,
-                                      transitions, starts_line, ends_line)  # (B, W, Ls)
     p_teacher = F.softmax(teacher_logits.float() / temperature, dim=-1) @ teacher_to_shared  # (B, W, S)
-    p_student = log_marginals.exp() @ student_to_shared  # (B, W, S)
+    p_student = student_marginals.float() @ student_to_shared  # (B, W, S)
     kl = (p_teacher * (p_teacher.clamp_min(_EPS).log() - p_student.clamp_min(_EPS).log())).sum(-1)  # (B, W)
     mask = word_mask.to(kl.dtype)
     return (kl * mask).sum() / mask.sum().clamp_min(1.0) * temperature ** 2
@@ -190,8 +184,9 @@ def distillation_loss(student_out: StudentOutput, teacher_logits: torch.Tensor,
                       weights: Weights, ctx: DistillContext) -> LossParts:
     """The weighted sum of the four losses, and each part for logging.
 
-    `student_out` must come from `student(**batch)` with labels (its loss is the CE part); when
-    the hidden weight is > 0 both models must have returned hidden states.
+    `student_out` must come from `student(**batch)` with labels (its loss is the CE part) and, when
+    the KD weight is > 0, `kd_temperature=ctx.temperature` (its marginals are the KD part); when the
+    hidden weight is > 0 both models must have returned hidden states.
     """
     w_ce, w_kd, w_hidden, w_crf = weights
     word_mask = batch["word_mask"]
@@ -201,8 +196,14 @@ def distillation_loss(student_out: StudentOutput, teacher_logits: torch.Tensor,
     if student_out.loss is None:
         raise ValueError("the student's forward was run without labels, so it has no CE loss; pass labels")
     ce = student_out.loss
-    kd = kd_loss(emissions, student_out.crf_scores, teacher_logits, word_mask, ctx.student_to_shared,
-                 ctx.teacher_to_shared, ctx.temperature, batch.get("starts_line"), batch.get("ends_line"))
+    if student_out.marginals is not None:
+        kd = kd_loss(student_out.marginals, teacher_logits, word_mask, ctx.student_to_shared, ctx.teacher_to_shared,
+                     ctx.temperature)
+    elif w_kd > 0:
+        raise ValueError("KD loss weight > 0 but the student returned no marginals; run it with "
+                         "kd_temperature=ctx.temperature")
+    else:
+        kd = emissions.new_zeros(())
     if w_hidden > 0 and (student_out.hidden_states is None or teacher_hidden is None):
         raise ValueError("hidden-state loss weight > 0 but hidden states are missing; run both models "
                          "with output_hidden_states=True")

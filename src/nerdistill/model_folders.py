@@ -3,7 +3,9 @@
 A folder is an ONNX export when it holds `nerdistill_onnx.json` (written by `nerdistill.export`: of a
 student, with its `crf.json`, or of a teacher, `exported: teacher`, decoded by argmax), a student when
 its `config.json` says model_type `nerdistill-crf-student`, and a teacher otherwise (as is any hub id).
-Errors name the missing file and the stage or command that writes it.
+Errors name the missing or broken file and the stage or command that writes it: a folder is checked before
+anything loads from it (weights cut short, tokenizer files missing or of another model), since transformers
+otherwise fails with a traceback or, for a missing tokenizer, quietly builds one of a few special tokens.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from nerdistill.io import InputError, read_json
@@ -28,21 +31,35 @@ CRF_FILE = "crf.json"
 EXPORTED_TEACHER = "teacher"
 # Sub-token windows never exceed this, whatever the model allows: attention cost grows with its square.
 MAX_WINDOW = 512
+# Embedding tables are often padded to a multiple of 64 or 128 rows for faster matrix kernels (DeBERTa-v3:
+# 128,100 rows for 128,001 pieces): a gap that padding explains is no sign of another model's tokenizer.
+EMBEDDING_PADDING = 128
+
+
+def looks_local(name: str) -> bool:
+    """Whether a model name is a folder here rather than a hub id (`name` or `owner/name`): it exists, is
+    absolute, starts with `.` or `~`, has more parts than a hub id, or its first part is a folder here (a
+    checkout's `models/`, whose .gitignore git tracks), so a missing output is said missing at once instead
+    of being looked up on the hub."""
+    parts = name.split("/")
+    path = Path(name).expanduser()
+    return (path.is_absolute() or name.startswith((".", "~")) or path.exists() or "\\" in name
+            or len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir()))
 
 
 def model_kind(path_or_hub_id: str | Path) -> tuple[str, Path]:
     """("student" | "onnx" | "teacher", folder) of a model folder; a hub id is a "teacher".
 
-    Raises InputError naming the missing file when a local folder is not a usable model.
+    Raises InputError naming the missing or broken file when a local folder is not a usable model.
     """
     name = str(path_or_hub_id)
     folder = Path(name).expanduser()
-    looks_local = folder.is_absolute() or name.startswith((".", "~")) or folder.exists()
-    if not looks_local:
+    if not looks_local(name):
         return "teacher", folder
     if not folder.is_dir():
-        raise InputError(f"{folder}: no such model folder; pass a student folder (models/student_final), "
-                         "an ONNX export folder (nerdistill export) or a token-classification model")
+        raise InputError(f"{folder}: no such model folder; a pipeline output is made by `dvc repro`, or brought "
+                         "from an experiment by `dvc exp apply NAME`; else pass a student folder, an ONNX export "
+                         "folder or a token-classification model")
     if (folder / ONNX_MANIFEST).is_file():
         manifest = read_json(folder / ONNX_MANIFEST)
         if manifest.get("exported") == EXPORTED_TEACHER:
@@ -59,6 +76,7 @@ def model_kind(path_or_hub_id: str | Path) -> tuple[str, Path]:
     if read_json(config_path).get("model_type") == STUDENT_MODEL_TYPE:
         _require(folder, ("model.safetensors", "tokenizer_config.json"),
                  "a student folder; re-run the stage that wrote it")
+        check_weights(folder, "re-run the stage that wrote it")
         return "student", folder
     return "teacher", folder
 
@@ -81,12 +99,42 @@ def _require(folder: Path, names: Sequence[str], what: str) -> None:
         raise InputError(f"{folder}: missing {', '.join(missing)} for {what}")
 
 
+def check_weights(folder: Path, remedy: str) -> None:
+    """Refuse a folder holding a safetensors file cut short or unreadable (a copy, download or save that
+    stopped), naming the file and `remedy`. Opening one reads only its header, whose offsets must cover
+    the file exactly: milliseconds, whatever the model's size."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            raise InputError(f"{folder}: {path.name} is truncated or unreadable ({err}); {remedy}") from err
+
+
 def load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in `folder`, refused when its files are missing."""
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as err:
         raise InputError(f"{folder}: the tokenizer files do not load ({err}); save the tokenizer beside the "
                          "model (tokenizer.save_pretrained)") from err
+    # Without any of its vocabulary files AutoTokenizer still returns a tokenizer, of its special
+    # tokens alone (8 for CamemBERT): every word would be read as unknown and tagged as garbage.
+    names = sorted(set(tokenizer.vocab_files_names.values()))
+    if not any((folder / name).is_file() for name in names):
+        raise InputError(f"{folder}: missing the tokenizer's vocabulary ({' or '.join(names)}); save the "
+                         "model's tokenizer beside it (tokenizer.save_pretrained)")
+    return tokenizer
+
+
+def check_vocabulary(where: str | Path, tokenizer: PreTrainedTokenizerBase, rows: int) -> None:
+    """Refuse a tokenizer that is not the model's: more pieces than the `rows` of its embedding table (ids
+    past the table), or fewer than padding explains (pieces read the rows of other pieces)."""
+    pieces = len(tokenizer)
+    padded = -(-pieces // EMBEDDING_PADDING) * EMBEDDING_PADDING
+    if not pieces <= rows <= padded:
+        raise InputError(f"{where}: the tokenizer has {pieces} pieces but the model's embedding table {rows} "
+                         "rows, so it is another model's tokenizer; save the model's own tokenizer beside it")
 
 
 def window_length(max_position_embeddings: int, tokenizer: PreTrainedTokenizerBase) -> int:

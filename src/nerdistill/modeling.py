@@ -25,7 +25,7 @@ from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
-from nerdistill.crf import cancel_cut_edges, constrain, viterbi
+from nerdistill.crf import chain_terms, constrain, iob2_masks, path_scores, viterbi
 from nerdistill.data import gather_words
 from nerdistill.io import atomic_dir, write_json
 from nerdistill.model_folders import STUDENT_MODEL_TYPE
@@ -79,6 +79,7 @@ class StudentOutput(ModelOutput):
     """`loss`: CRF NLL per word (when labels are given). `emissions`: (B, W, L) word-level scores.
     `hidden_states`: sub-token level in the teacher's width (projected when the widths differ),
     index 0 = embeddings, i = layer i. `crf_scores`: the CRF's (start, end, transitions).
+    `marginals`: (B, W, L) per-word CRF marginals at the KD temperature, when one was given.
 
     Everything a loss needs from the student's parameters comes out of forward: under DDP a
     parameter used outside it (the CRF in the CE or transition loss, the projection) breaks the
@@ -88,6 +89,7 @@ class StudentOutput(ModelOutput):
     emissions: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     crf_scores: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    marginals: torch.Tensor | None = None
 
 
 class CrfStudent(PreTrainedModel):
@@ -108,6 +110,7 @@ class CrfStudent(PreTrainedModel):
         hidden = config.encoder.hidden_size
         self.dropout = nn.Dropout(config.classifier_dropout)
         self.emissions = nn.Linear(hidden, config.num_labels)
+        # pytorch-crf holds the scores; `chain_terms` computes with them (see `crf_terms`).
         self.crf = CRF(config.num_labels, batch_first=True)
         self.hidden_projection = (nn.Linear(hidden, config.teacher_hidden_size)
                                   if config.teacher_hidden_size != hidden else None)
@@ -129,39 +132,73 @@ class CrfStudent(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, word_index: torch.Tensor,
                 word_mask: torch.Tensor, labels: torch.Tensor | None = None,
                 starts_line: torch.Tensor | None = None, ends_line: torch.Tensor | None = None,
-                output_hidden_states: bool = False) -> StudentOutput:
+                output_hidden_states: bool = False, kd_temperature: float | None = None) -> StudentOutput:
         """`starts_line` / `ends_line` (B,) bool: whether each row's words start / end their line
-        (data.Window); None means every row is a whole line."""
+        (data.Window); None means every row is a whole line. With labels and `kd_temperature`, the
+        KD term's marginals come out of the same CRF pass as the loss (`crf_terms`)."""
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                            output_hidden_states=output_hidden_states)
         words = gather_words(out.last_hidden_state, word_index)  # (B, W, H)
         emissions = self.emissions(self.dropout(words))  # (B, W, L)
-        loss = None
+        loss = marginals = None
         if labels is not None:
-            loss = self.nll(emissions, labels, word_mask, starts_line, ends_line)
+            loss, marginals = self.crf_terms(emissions, labels, word_mask, starts_line, ends_line, kd_temperature)
         hidden = out.hidden_states if output_hidden_states else None
         if hidden is not None and self.hidden_projection is not None:
             hidden = tuple(self.hidden_projection(state) for state in hidden)  # (B, T, H_teacher) each
         return StudentOutput(loss=loss, emissions=emissions, hidden_states=hidden,
-                             crf_scores=(self.crf.start_transitions, self.crf.end_transitions, self.crf.transitions))
+                             crf_scores=(self.crf.start_transitions, self.crf.end_transitions, self.crf.transitions),
+                             marginals=marginals)
 
-    def nll(self, emissions: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor,
-            starts_line: torch.Tensor | None = None, ends_line: torch.Tensor | None = None) -> torch.Tensor:
-        """CRF negative log-likelihood per word: summed over the batch's sequences, divided by its real
-        words, the unit of the KD loss, so the loss weights compare like with like (a per-sequence
-        mean would grow with the sentence length and outweigh KD by it).
+    def crf_terms(self, emissions: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor,
+                  starts_line: torch.Tensor | None = None, ends_line: torch.Tensor | None = None,
+                  kd_temperature: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(CRF negative log-likelihood per word, per-word marginals at `kd_temperature` or None), from
+        one forward-backward pass over the IOB2-constrained paths (`crf.chain_terms`).
+
+        The NLL is summed over the batch's sequences and divided by its real words, the unit of the KD
+        loss, so the loss weights compare like with like (a per-sequence mean would grow with the
+        sentence length and outweigh KD by it). With a temperature, the rows at temperature 1 (for the
+        NLL) and at T (for KD: every score divided by T) go through the recursion side by side, as one
+        batch of 2B rows: the sequential steps are paid once.
 
         A row whose first word does not start its line (`starts_line` False: a later window of a long
         line) gets no start score, one whose last word does not end it no end score: the CRF's edge
         scores are learnt on the line's edges only, and `viterbi` decodes such rows the same way."""
         mask = word_mask.bool()
-        # -100 marks padding; the CRF ignores masked positions but still indexes them.
+        # -100 marks padding; it is masked but still indexed.
         tags = labels.masked_fill(labels == -100, self.o_id)  # (B, W)
-        # pytorch-crf runs in the emissions' dtype; fp16 autocast would overflow its logsumexp.
-        emissions = cancel_cut_edges(emissions.float(), mask, self.crf.start_transitions, self.crf.end_transitions,
-                                     starts_line, ends_line)
-        llh = self.crf(emissions, tags, mask=mask, reduction="sum")
-        return -llh / mask.sum().clamp_min(1)
+        # In fp32 whatever the autocast: half precision would underflow the rescaled recursion.
+        emissions = emissions.float()
+        scores = [score.float() for score in (self.crf.start_transitions, self.crf.end_transitions,
+                                              self.crf.transitions)]
+        rows = emissions.size(0)
+        if kd_temperature is None:
+            stacked, stacked_scores, copies = emissions, scores, 1
+        else:
+            stacked = torch.cat([emissions, emissions / kd_temperature])
+            stacked_scores = [torch.stack([score, score / kd_temperature]).repeat_interleave(rows, dim=0)
+                              for score in scores]
+            copies = 2
+        edges = [None if edge is None else edge.repeat(copies) for edge in (starts_line, ends_line)]
+        log_partition, marginals = chain_terms(stacked, mask.repeat(copies, 1), *stacked_scores, *self.iob2_masks(),
+                                               *edges, with_marginals=kd_temperature is not None)
+        gold = path_scores(emissions, tags, mask, *scores, starts_line, ends_line)
+        nll = (log_partition[:rows] - gold).sum() / mask.sum().clamp_min(1)
+        return nll, (marginals[rows:] if kd_temperature is not None else None)
+
+    def nll(self, emissions: torch.Tensor, labels: torch.Tensor, word_mask: torch.Tensor,
+            starts_line: torch.Tensor | None = None, ends_line: torch.Tensor | None = None) -> torch.Tensor:
+        """CRF negative log-likelihood per word (`crf_terms` without the KD marginals)."""
+        return self.crf_terms(emissions, labels, word_mask, starts_line, ends_line)[0]
+
+    def iob2_masks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(allowed_start (L,), allowed_moves (L, L)) bool of the student's labels. Built when first
+        asked, not in __init__ as buffers: from_pretrained builds the model on the meta device and
+        leaves buffers that are not in the checkpoint uninitialised (random masks, NaN losses)."""
+        if getattr(self, "_iob2_masks", None) is None:
+            self._iob2_masks = iob2_masks([self.config.id2label[i] for i in range(self.config.num_labels)])
+        return self._iob2_masks
 
     def constrained_transitions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(start (L,), end (L,), transitions (L, L)) with IOB2-impossible moves set to crf.FORBIDDEN."""

@@ -131,6 +131,7 @@ class TrainParams(Section):
     early_stopping_threshold: float = 0.001
     save_total_limit: int = 2
     max_nonfinite_steps: int = 20
+    group_by_length: bool = True
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     minimums = {"batch_size": 1, "gradient_accumulation_steps": 1, "early_stopping_patience": 1,
                 "save_total_limit": 1, "weight_decay": 0, "early_stopping_threshold": 0, "max_nonfinite_steps": 0}

@@ -40,9 +40,12 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ParamsError(f"{path}: parameters file not found; run from the repository root or pass --params")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    if raw is None:  # a file emptied by mistake would otherwise run every stage on the defaults, unseen
+        raise ParamsError(f"{path}: empty (no keys, at most comments); restore it (git checkout -- {path}), or "
+                          "write {} in it to run every stage on the defaults")
     try:
         params = _build(Params, raw, "")
         params.validate()

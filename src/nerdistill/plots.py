@@ -1,19 +1,19 @@
-"""Every PNG the stages write (training curves, head importance, confusion, latency): DVC declares
-them as image plots, since vega HTML needs a CDN that offline boxes lack. Also the report's
-Pareto front."""
+"""Every PNG the stages write (training curves, head importance, confusion, latency), for offline eyes:
+dvc.yaml declares them as image plots beside the CSVs its vega templates draw (a CDN away). Also the
+report's Pareto front."""
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from nerdistill.io import save_figure  # noqa: E402
+from nerdistill.io import save_figure, write_csv  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -82,10 +82,22 @@ def plot_confusion(types: list[str], matrix: list[list[int]], path: Path, title:
     save_figure(fig, path)
 
 
+LATENCY_CSV_HEADER = ("model_variant", "workload", "p50_ms", "p95_ms", "unstable")
+WORKLOADS = ("doc", "phrase")
+
+
 def plot_latency(results: dict, path: Path, metrics: dict) -> None:
     """p50 bars with p95 whiskers, per model variant, for the document and the median phrase; the variants
-    bench flagged unstable (metrics' `unstable`) hatched and marked, their figures not to be judged."""
+    bench flagged unstable (metrics' `unstable`) hatched and marked, their figures not to be judged.
+
+    The bars' figures also go to the CSV beside the PNG (`latency.csv` for `latency.png`), one row per
+    variant and workload: what dvc.yaml's vega template draws, revision beside revision, in `dvc plots diff`."""
     unstable = set(metrics.get("unstable", []))
+    write_csv(Path(path).with_suffix(".csv"), LATENCY_CSV_HEADER,
+              [(f"{name} {variant}", workload, figures[f"{workload}_p50_ms"], figures[f"{workload}_p95_ms"],
+                f"{name}:{variant}" in unstable)
+               for name, model in results.items() for variant, figures in model["variants"].items()
+               for workload in WORKLOADS])
     rows = [(f"{name} {variant}", figures, f"{name}:{variant}" in unstable)
             for name, model in results.items() for variant, figures in model["variants"].items()]
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(rows) + 2), sharey=True)
@@ -118,25 +130,56 @@ class FrontPoint(Protocol):
 
 def plot_front(points: Sequence[FrontPoint], fronts: Mapping[str, Sequence[FrontPoint]],
                teacher: Sequence[FrontPoint], basis: str, axes_titles: Mapping[str, tuple[str, str]],
-               path: str | Path) -> None:
-    """F1 against each cost (key -> (title, unit)), a panel per cost: the front's points in colour,
-    labelled with their params and joined, the dominated ones grey, the teacher's variants in red."""
-    from matplotlib.ticker import EngFormatter
-
-    fig, axes = plt.subplots(1, len(axes_titles), figsize=(7 * len(axes_titles), 5), squeeze=False)
+               path: str | Path, recommended: FrontPoint | None = None,
+               f1_bound: tuple[float, str] | None = None) -> None:
+    """F1 against each cost (key -> (title, unit)), a panel per cost, about 1,400 px wide in all: the
+    front's points in colour and joined, the dominated ones grey, every point labelled; the teacher's
+    variants in red, the recommended point ringed, the gate's F1 bound (value, caption) dashed. Costs
+    on log axes: a student is often 10-100x cheaper than the teacher, and a linear axis would crowd
+    every student into its left tenth."""
+    fig, axes = plt.subplots(1, len(axes_titles), figsize=(6.3 * len(axes_titles), 5.2), squeeze=False)
     for ax, (key, (title, unit)) in zip(axes[0], axes_titles.items()):
         best = fronts[key]
         dominated = [p for p in points if p not in best]
-        ax.scatter([p.costs[key] for p in dominated], [p.f1 for p in dominated], c="#bbbbbb", s=30,
+        ax.scatter([p.costs[key] for p in dominated], [p.f1 for p in dominated], c="#9a9a9a", s=30,
                    label="dominated")
         ax.plot([p.costs[key] for p in best], [p.f1 for p in best], "o-", c="tab:blue", ms=7, label="front")
-        for p in best:
-            ax.annotate(p.label or p.name, (p.costs[key], p.f1), textcoords="offset points", xytext=(5, 5),
-                        fontsize=8)
-        for p, (marker, size) in zip(teacher, (("*", 220), ("D", 60))):
+        for index, p in enumerate(points):
+            # Alternate above and below so that neighbours' labels do not print over each other.
+            ax.annotate(_point_label(p), (p.costs[key], p.f1), textcoords="offset points",
+                        xytext=(6, 6 if index % 2 == 0 else -12), fontsize=8,
+                        color="tab:blue" if p in best else "#555555")
+        # fp32 above, int8 below: both teachers often share a size.
+        for p, (marker, size, dy) in zip(teacher, (("*", 220, 8), ("D", 60, -14))):
             ax.scatter([p.costs[key]], [p.f1], marker=marker, s=size, c="tab:red", alpha=0.7, label=p.name)
-        ax.xaxis.set_major_formatter(EngFormatter(unit=unit) if unit == "B" else f"{{x:g}} {unit}")
-        ax.set(xlabel=title, ylabel=f"F1 ({basis})", title=f"F1 against {title}")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+            ax.annotate(p.name, (p.costs[key], p.f1), textcoords="offset points", xytext=(-8, dy), ha="right",
+                        fontsize=8, color="tab:red")
+        if recommended is not None:
+            ax.scatter([recommended.costs[key]], [recommended.f1], s=320, facecolors="none", edgecolors="tab:green",
+                       linewidths=2.5, label=f"recommended: {recommended.name}")
+        if f1_bound is not None:
+            ax.axhline(f1_bound[0], ls="--", c="tab:red", lw=1, alpha=0.7, label=f1_bound[1])
+        _log_cost_axis(ax, unit)
+        ax.set(xlabel=f"{title} (log scale)", ylabel=f"F1 ({basis})", title=f"F1 against {title}")
+        ax.grid(alpha=0.3, which="both")
+    # One legend under the panels, where it hides no point.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     save_figure(fig, path)
+
+
+def _point_label(point: FrontPoint) -> str:
+    # A sweep names its points by their params (L3-h25); another experiment's name says nothing of them.
+    return point.name if point.label in ("", point.name) else f"{point.name} ({point.label})"
+
+
+def _log_cost_axis(ax: Any, unit: str) -> None:
+    from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    # Ticks at 1, 2 and 5 of each decade: a front within one decade still gets several labelled ticks.
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(EngFormatter(unit=unit) if unit == "B" else FuncFormatter(
+        lambda value, _: f"{value:g} {unit}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())

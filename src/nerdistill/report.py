@@ -35,10 +35,12 @@ def write_report(repo_dir: str | Path, out_path: str | Path, experiments: list[s
     results = [read_results(path) for path in sweeps]
     rows = collect_rows(repo_dir)
     rows = select_rows(rows, _names(rows, experiments, results))
-    front = pareto.build([(row.name, row.files) for row in _distinct(rows)])
+    front = pareto.build([(row.name, row.files) for row in _distinct(rows)],
+                         [f"{row.name}: {row.state}, no results yet" for row in rows if not row.finished])
     front_png = out_path.with_name(f"{out_path.stem}_front.png")
     if front is not None:
-        plot_front(front.points, front.fronts, front.teacher, front.basis, pareto.COSTS, front_png)
+        plot_front(front.points, front.fronts, front.teacher, front.basis, pareto.COSTS, front_png,
+                   recommended=pareto.recommend(front), f1_bound=pareto.f1_bound(front))
     page = render(rows, _workspace_images(repo_dir), _workspace_gate(repo_dir),
                   front_section(front, front_png if front is not None else None, results))
     write_text(out_path, page)
@@ -59,9 +61,10 @@ def _names(rows: list[Row], experiments: list[str] | None, results: list[dict]) 
 
 
 def _distinct(rows: list[Row]) -> list[Row]:
-    """The rows as front points: the workspace only when it differs from every other row."""
-    return [row for row in rows if row.kind != "workspace" or all(other.files != row.files
-                                                                   for other in rows if other is not row)]
+    """The rows as front points: finished ones (a running experiment shows its baseline's metrics), the
+    workspace only when it differs from every other row."""
+    return [row for row in rows if row.finished and (row.kind != "workspace" or all(
+        other.files != row.files for other in rows if other is not row))]
 
 
 def _workspace_images(repo_dir: Path) -> list[tuple[str, str]]:
@@ -81,17 +84,19 @@ def _workspace_gate(repo_dir: Path) -> str:
 
 
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
-th { background: #f2f2f2; } td.name { text-align: left; font-weight: bold; }
+body { font-family: system-ui, sans-serif; margin: 1em; color: #222; }
+table { border-collapse: collapse; font-size: 0.8em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.4em; text-align: right; white-space: nowrap; }
+th { background: #f2f2f2; white-space: normal; vertical-align: bottom; font-size: 0.9em; }
+td.name { text-align: left; font-weight: bold; }
+tr.running td, tr.queued td { color: #777; font-style: italic; } tr.failed td { color: #a00; }
 td.reason { text-align: left; white-space: normal; max-width: 60em; }
 tr.workspace td { background: #fffbe6; } tr.baseline td { background: #eef5ff; }
 td.changed { color: #b00; font-weight: bold; }
 td.GO { background: #d9f2d9 !important; } td.REVIEW { background: #fff2cc !important; }
 td.NO-GO { background: #f8d0d0 !important; }
-figure { display: inline-block; margin: 1em; vertical-align: top; } img { max-width: 900px; }
-pre { background: #f6f6f6; padding: 1em; }
+figure { display: inline-block; margin: 1em; vertical-align: top; } img { max-width: 100%; }
+pre { background: #f6f6f6; padding: 1em; white-space: pre-wrap; }
 """
 
 
@@ -102,10 +107,12 @@ def front_section(front: pareto.Front | None, png: Path | None, sweeps: list[dic
         data = base64.b64encode(png.read_bytes()).decode("ascii")
         parts.append(f"<h2>Pareto front: F1 ({front.basis}) against latency and size</h2>\n"
                      f"<p>One point per experiment: the F1, CPU batch-1 p50 per document and bytes on disk of the "
-                     f"variant the gate judged. Blue: no other experiment has a higher F1 at a lower cost (the "
-                     f"front); grey: dominated; red: the teacher in fp32 and int8 (median over the experiments' "
-                     f"benches, at the teacher's F1). The last column is the extra cost of each further "
-                     f"{pareto.STEP_POINTS:g} F1 point from the previous front point.</p>\n"
+                     f"variant the gate judged, on log-scaled cost axes. Blue: no other experiment has a higher F1 "
+                     f"at a lower cost (the front); grey: dominated; red: the teacher in fp32 and int8 (median over "
+                     f"the experiments' benches, at the teacher's F1); dashed: the lowest F1 the gate accepts; "
+                     f"ringed in green: the recommended point. Running, queued and failed experiments are left "
+                     f"off. The last column is the extra cost of each further {pareto.STEP_POINTS:g} F1 point from "
+                     f"the previous front point.</p>\n"
                      f'<figure><img alt="{html.escape(png.name)}" src="data:image/png;base64,{data}"></figure>')
         parts.append(_recommendation(front))
         for key, (title, unit) in pareto.COSTS.items():
@@ -168,10 +175,11 @@ def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str, fr
     gate = f"<h2>Gate (workspace)</h2><pre>{html.escape(gate_summary)}</pre>" if gate_summary else ""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>nerdistill experiments</title>'
             f"<style>{STYLE}</style></head><body>\n<h1>nerdistill experiments</h1>\n"
-            f"<p>Rows from <code>dvc exp show</code>: the workspace, each baseline commit and its experiments. "
-            f"Red: differs from the baseline. F1 of the final student; latencies are batch-1 p50 on the bench "
-            f"document; ratios are final student / teacher. The gate columns are those of the model variant "
-            f"the gate judged (gate.variant).</p>\n"
+            f"<p>Rows from <code>dvc exp show</code>: the workspace, each baseline commit and its experiments "
+            f"(hover a name for its commit and date). First the gate's decision and the figures of the model "
+            f"variant it judged (gate.variant): its F1 and F1 drop on the gate's basis, its batch-1 CPU p50 and "
+            f"bytes over the teacher's; then the params; then the final PyTorch student's own F1. Red: differs "
+            f"from the baseline. A running, queued or failed experiment has no figures of its own yet.</p>\n"
             f"{table_html(rows)}\n{front}\n{gate}<h2>Plots (workspace)</h2>\n{figures}\n</body></html>\n")
 
 

@@ -16,10 +16,11 @@ above `max_spread`); `models: {model: {"kind", "parameters", "disk_bytes", "vari
 int8 both) and `{vs_teacher_fp32(subject, figure): subject / teacher cpu_fp32}`.
 metrics/export.json: per export (`fp32`, `int8`) its bytes and fidelity to the PyTorch student on
 the test split (`f1_vs_pytorch`), and the vocabulary trimming's `heldout_segmentation`.
-metrics/gate.json: `GATE_KEYS`, decision first: the F1 basis, the judged model and variant, its F1
-and F1 drop, its latency and size over the teacher's fp32 and over the teacher's int8 export (null
-when unknown), its p50, bytes and peak memory, every variant's p95/p50 spread, and `checks` (name,
-value, threshold, passed, on_fail, source). Sweep and Pareto reports read these keys, nothing deeper.
+metrics/gate.json: `GATE_KEYS`, decision first: the F1 basis, the judged variant, its F1 and F1 drop,
+its latency and size over the teacher's fp32; then the judged model, both over the teacher's int8
+export (null when unknown), its p50, bytes and peak memory, the p95/p50 spread of the judged variant
+and of the teacher references its ratios divide by, and `checks` (name, value, threshold, passed,
+on_fail, source). Sweep and Pareto reports read these keys, nothing deeper.
 
 Key paths are tuples; FINAL in a path stands for the final student's name.
 """
@@ -51,7 +52,11 @@ SUMMARY_LATENCY_RATIO_INT8, SUMMARY_SIZE_RATIO_INT8 = "latency_ratio_vs_teacher_
 SUMMARY_KEYS = (SUMMARY_F1, SUMMARY_DROP, SUMMARY_LATENCY_RATIO, SUMMARY_SIZE_RATIO, SUMMARY_LATENCY_RATIO_INT8,
                 SUMMARY_SIZE_RATIO_INT8, SUMMARY_P50, SUMMARY_BYTES, SUMMARY_RSS)
 SPREAD = "p95_over_p50"
-GATE_KEYS = ("decision", "basis", "model", "variant", *SUMMARY_KEYS, SPREAD, "checks")
+# Decision first, then what a reviewer weighs it by (F1, its drop, latency and size over the teacher), then
+# the detail: `dvc metrics show`, `dvc exp show` and the report read the file in this order.
+GATE_KEYS = ("decision", "basis", "variant", SUMMARY_F1, SUMMARY_DROP, SUMMARY_LATENCY_RATIO, SUMMARY_SIZE_RATIO,
+             "model", SUMMARY_LATENCY_RATIO_INT8, SUMMARY_SIZE_RATIO_INT8, SUMMARY_P50, SUMMARY_BYTES, SUMMARY_RSS,
+             SPREAD, "checks")
 
 
 def natural_variant(kind: str) -> str:

@@ -36,10 +36,12 @@ def predict_stream(tagger: NerTagger, input_path: str | Path, output_path: str |
     Streams `chunk_lines` lines at a time. One output line per input line: a blank line gives
     `{"text": "", "entities": []}`; a line that is not UTF-8, not a JSON object or has no string
     `text` gives `{"line": N, "error": "..."}` and is logged with its line number. Returns counts
-    (`lines`, `tagged`, `empty`, `failed`, `entities`); the CLI exits non-zero when `failed` > 0.
+    (`lines`, `tagged`, `empty`, `failed`, `entities`, and `long_words_cut`: words longer than the
+    model's window, cut to it); the CLI exits non-zero when `failed` > 0.
     """
     fmt = _input_format(input_path, input_format)
     counts: Counter[str] = Counter(lines=0, tagged=0, empty=0, failed=0, entities=0)
+    cut_before = tagger.words.words_cut  # the tagger's count runs over its whole life
     progress = tqdm(desc="predict", unit="line", disable=not sys.stderr.isatty())
     with _open_input(input_path) as source, _open_output(output_path) as sink:
         for chunk in _chunks(numbered_lines(source), chunk_lines):
@@ -58,6 +60,7 @@ def predict_stream(tagger: NerTagger, input_path: str | Path, output_path: str |
             sink.flush()
             progress.update(len(chunk))
     progress.close()
+    counts["long_words_cut"] = tagger.words.words_cut - cut_before
     if counts["failed"]:
         log.error("%s: %d of %d lines could not be read (error records written in their place)",
                   input_path, counts["failed"], counts["lines"])
@@ -160,7 +163,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      "'text' gives {\"line\": N, \"error\": ...} in its place, a warning with its number, and exit "
                      "status 1 at the end. The output file is written whole or not at all: on Ctrl-C or SIGTERM the "
                      "temp file is removed and the command exits 130 or 143.")
-    parser.add_argument("--model", type=Path, default=Path("models/student_int8"),
+    # A str, not a Path: Path("./student") would drop the "./" that marks it as a local folder.
+    parser.add_argument("--model", default="models/student_int8",
                         help="a student, ONNX export or teacher folder, or a hub id (default: %(default)s, the int8 "
                              "export the gate judged: what ships)")
     parser.add_argument("--input", default="-", help=".txt, .jsonl or - for stdin")
@@ -175,7 +179,7 @@ def main(args: argparse.Namespace, params: None) -> int:
     """`nerdistill predict`: exit status 1 when a line could not be tagged."""
     if args.output != "-":
         check_writable(args.output)  # before the model loads, not after
-    tagger = load_tagger(str(args.model), source="--model")
+    tagger = load_tagger(args.model, source="--model")
     counts = predict_stream(tagger, args.input, args.output, batch_size=args.batch_size, input_format=args.format)
     log.info("predict: %s", counts)
     return 1 if counts.get("failed", 0) else 0

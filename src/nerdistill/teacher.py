@@ -12,6 +12,8 @@ from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokeni
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from nerdistill.data import gather_words
+from nerdistill.io import InputError
+from nerdistill.model_folders import check_vocabulary, check_weights, load_tokenizer, looks_local
 from nerdistill.params import Params, ParamsError
 
 
@@ -30,11 +32,24 @@ def check_against_teacher(params: Params) -> None:
 
 def teacher_config(name: str) -> PretrainedConfig:
     """The teacher's config.json (a folder or a hub id), without its weights."""
+    _local_folder(name, "teacher.model_name")
     try:
         return AutoConfig.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise OSError(f"teacher.model_name = {name!r}: no usable config.json ({_first_line(err)}); point it at a "
                       "model folder, or at a hub id with the hub reachable") from err
+
+
+def _local_folder(name: str, key: str) -> Path | None:
+    """The folder `name` is when it looks local (None for a hub id), refused at once when missing: a
+    hub lookup of a missing output would retry for a minute before failing."""
+    if not looks_local(name):
+        return None
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise OSError(f"{key} = {name!r}: no such folder; point {key} at a folder "
+                      "holding config.json, the weights and the tokenizer, or at a hub id")
+    return folder
 
 
 def _first_line(err: BaseException) -> str:
@@ -44,18 +59,21 @@ def _first_line(err: BaseException) -> str:
 def load_teacher(name_or_path: str | Path, device: str | torch.device = "cpu", key: str = "teacher.model_name"
                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A frozen token-classification teacher in eval mode, and its tokenizer; errors name `key`,
-    where the user set the path (a params key or a command-line option)."""
+    where the user set the path (a params key or a command-line option). A folder's weights and
+    tokenizer files are checked before anything loads, and the tokenizer must be the model's."""
     name = str(name_or_path)
-    looks_local = Path(name).is_absolute() or name.startswith((".", "~")) or Path(name).exists()
-    if looks_local and not Path(name).expanduser().is_dir():
-        raise OSError(f"{key} = {name!r}: no such folder; point {key} at a folder "
-                      "holding config.json, the weights and the tokenizer, or at a hub id")
+    folder = _local_folder(name, key)
     try:
+        if folder is not None:
+            check_weights(folder, "copy or download the teacher's folder again")
         model = AutoModelForTokenClassification.from_pretrained(name)
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = load_tokenizer(folder) if folder is not None else AutoTokenizer.from_pretrained(name)
+        check_vocabulary(name, tokenizer, model.get_input_embeddings().num_embeddings)
+    except InputError as err:
+        raise InputError(f"{key} = {name!r}: {err}") from err
     except OSError as err:
         hint = ("Without access to the Hugging Face hub (offline box, HF_HUB_OFFLINE=1) and no cached copy, "
-                f"download the model elsewhere and point {key} at its local folder") if not looks_local else \
+                f"download the model elsewhere and point {key} at its local folder") if folder is None else \
             "the folder needs config.json, the weights (model.safetensors) and the tokenizer files"
         raise OSError(f"{key} = {name!r} could not be loaded ({_first_line(err)}). {hint}") from err
     except ValueError as err:  # e.g. a config.json without a known model_type, an empty folder

@@ -2,11 +2,16 @@
 
 Every stage is its own process (DVC runs them one by one), so a pipeline execution is tied together
 by a key: the DVC experiment name when `dvc exp run` sets DVC_EXP_NAME, else the git commit plus a
-hash of the params. The first stage creates the parent run with that key as a tag; later stages find
-it and nest their run under it. Each stage marks the parent running when it starts, then finished
-(or failed) with its own end time, so the last stage leaves the parent's true duration and outcome.
-Several executions may share a store (`dvc queue start -j N`): parent-run writes happen under one
-file lock per store, so two processes never create two parents for one key nor race on a tag.
+hash of the params. The first stage creates the parent run with that key as a tag, a name saying
+what changed and a description; later stages find it and nest their run under it. The parent stays
+RUNNING until the last stage (the gate) finishes it, or a failed stage marks it failed.
+Several executions may share a store (`dvc queue start -j N`): parent-run and registry writes happen
+under one file lock per store, so two processes never create two parents for one key nor race on a tag.
+
+The store is the checkout's: `dvc exp run --temp` and `dvc queue` run stages in a scratch copy that
+is deleted afterwards, but DVC hands every stage the original repository's root in DVC_ROOT, and a
+relative SQLite path (the default `sqlite:///mlflow.db`, or one set in MLFLOW_TRACKING_URI) is
+resolved there. Any other URI (a server) is used as set.
 """
 from __future__ import annotations
 
@@ -34,7 +39,18 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "nerdistill"
 DEFAULT_URI = "sqlite:///mlflow.db"
+SQLITE = "sqlite:///"
+# Set by DVC for every stage command: the repository's root, the original one for temp and queued runs.
+ROOT_ENV = "DVC_ROOT"
 KEY_TAG = "nerdistill.pipeline_key"
+COMMIT_TAG = "git_commit"
+# The parent's copy of the gate's figures of the judged variant: a few columns for the runs table.
+SUMMARY_PREFIX = "summary."
+# What ships, as an MLflow model: the int8 export's digest ties it to the gate that judged it.
+DIGEST_TAG = "nerdistill.onnx_digest"
+ONNX_DIGEST = "onnx_digest"  # the same digest in export.json's int8 entry
+REGISTERED_MODEL = "nerdistill-student"
+CHAMPION = "champion"
 # Set by `nerdistill sweep` for the experiments it queues: the parent run's `sweep` tag.
 SWEEP_ENV = "NERDISTILL_SWEEP"
 # MLflow 3 opens an experiment on its GenAI overview unless it is tagged as model training.
@@ -51,16 +67,13 @@ def is_main_process() -> bool:
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
-
-
-def absolute_uri(root: Path) -> str:
-    """The store for runs that execute in a scratch copy of `root` (queued DVC experiments): the
-    tracking URI with a relative SQLite path made absolute against `root`, as it would resolve there."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_absolute():
-        return f"sqlite:///{(root / uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
+    """MLFLOW_TRACKING_URI (default `sqlite:///mlflow.db`), a relative SQLite path made absolute against
+    the checkout's root (DVC_ROOT inside a DVC stage, else the working folder)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    path = Path(uri.removeprefix(SQLITE))
+    if not uri.startswith(SQLITE) or path.is_absolute():
+        return uri
+    return f"{SQLITE}{(Path(os.environ.get(ROOT_ENV) or '.') / path).resolve()}"
 
 
 def _git(*args: str) -> str | None:
@@ -76,7 +89,8 @@ def git_commit() -> str:
 
 
 def shipped_changes(params: Params) -> dict[str, Any]:
-    """The params that differ from params.yaml as committed at HEAD (empty outside git)."""
+    """The params that differ from params.yaml as committed at HEAD (empty outside git). In a DVC
+    experiment's scratch copy HEAD is the experiment's baseline commit."""
     committed = _git("show", "HEAD:params.yaml")
     if committed is None:
         return {}
@@ -87,18 +101,65 @@ def shipped_changes(params: Params) -> dict[str, Any]:
     return {key: value for key, value in flat(params).items() if shipped.get(key) != value}
 
 
-def run_name(params: Params) -> str:
-    """What a reviewer reads in the runs table: the DVC experiment name, else branch@commit and
-    the params that differ from the shipped ones (`main@32369e5 pruning.ratio=0.5`)."""
+def execution_label() -> str:
+    """The DVC experiment name, else branch@commit (`main@32369e5`)."""
     exp_name = os.environ.get("DVC_EXP_NAME")
     if exp_name:
         return exp_name
-    branch = _git("rev-parse", "--abbrev-ref", "HEAD") or "nogit"
-    name = f"{branch}@{git_commit()[:7]}"
-    changes = [f"{key}={value}" for key, value in sorted(shipped_changes(params).items())]
-    if len(changes) > MAX_NAMED_CHANGES:
-        changes = changes[:MAX_NAMED_CHANGES] + [f"+{len(changes) - MAX_NAMED_CHANGES} more"]
-    return " ".join([name, *changes]) if changes else f"{name} (shipped params)"
+    return f"{_git('rev-parse', '--abbrev-ref', 'HEAD') or 'nogit'}@{git_commit()[:7]}"
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What a new execution changed: from `reference` (an earlier parent run's name, or None for the
+    committed params.yaml), the keys and values that differ."""
+    reference: str | None
+    values: dict[str, Any]
+
+
+def closest_changes(params: Params, earlier: Iterable[tuple[str, dict[str, str]]]) -> Changes:
+    """The fewest changes from the committed params or from an earlier execution (name, its logged
+    params) of the same commit: after the demo profile's dozen overrides, an experiment that also
+    sets pruning.ratio=0.15 reads as that one change from the demo's run. A run with the very same
+    params as an earlier one is described from the committed params."""
+    best = Changes(None, shipped_changes(params))
+    mine = flat(params)
+    for name, logged in earlier:
+        differ = {key: value for key, value in mine.items() if logged.get(key) != str(value)}
+        if differ and (not best.values or len(differ) < len(best.values)):
+            best = Changes(name, differ)
+    return best
+
+
+def _spelled(values: dict[str, Any], limit: int | None = None) -> str:
+    """`key=value` pairs, a path value by its last part (the demo teacher's absolute folder)."""
+    pairs = [f"{key}={Path(value).name if isinstance(value, str) and os.sep in value else value}"
+             for key, value in sorted(values.items())]
+    if limit is not None and len(pairs) > limit:
+        pairs = pairs[:limit] + [f"+{len(pairs) - limit} more"]
+    return " ".join(pairs)
+
+
+def run_name(changes: Changes) -> str:
+    """What a reviewer reads in the runs table: the execution and what it changed
+    (`curly-coof pruning.ratio=0.15`, `main@32369e5 (shipped params)`)."""
+    label = execution_label()
+    return f"{label} {_spelled(changes.values, MAX_NAMED_CHANGES)}" if changes.values else f"{label} (shipped params)"
+
+
+def run_description(changes: Changes, params: Params) -> str:
+    """The parent's description (Markdown, the UI's Description box): every change, from what."""
+    origin = f"the run `{changes.reference}`" if changes.reference else "the committed params.yaml"
+    lines = [f"Pipeline execution `{execution_label()}` on commit {git_commit()[:7]}."]
+    if changes.values:
+        lines.append(f"Changed from {origin}: `{_spelled(changes.values)}`.")
+    if changes.reference:
+        shipped = shipped_changes(params)
+        lines.append(f"From the committed params.yaml: `{_spelled(shipped)}`." if shipped else
+                     "Otherwise the committed params.yaml.")
+    lines.append("The gate's decision is the `gate` tag and its figures the `summary.*` metrics; each stage "
+                 "that ran is a nested run (a stage DVC restored from its cache has none).")
+    return "\n\n".join(lines)
 
 
 def params_hash(params: Params) -> str:
@@ -142,20 +203,15 @@ class StageRun:
     stage: str
     run_id: str
     parent_id: str
+    experiment_id: str
 
-    def write_metrics(self, path: str | Path, metrics: dict[str, Any], to_parent: bool = False) -> None:
-        """Write the DVC metrics JSON and mirror its numeric leaves to MLflow.
-
-        `to_parent` also copies them to the parent run (prefixed by the stage), so the final
-        eval/bench/gate figures of an execution sit on one row of the MLflow table."""
+    def write_metrics(self, path: str | Path, metrics: dict[str, Any]) -> None:
+        """Write the DVC metrics JSON and mirror its numeric leaves to the stage's MLflow run (the
+        parent holds only the gate's short `summary.*` set: `log_summary`)."""
         import mlflow
 
         write_json(path, metrics)
-        flat = flatten_metrics(metrics)
-        mlflow.log_metrics(flat, run_id=self.run_id)
-        if to_parent:
-            with parent_lock():
-                mlflow.log_metrics({f"{self.stage}.{k}": v for k, v in flat.items()}, run_id=self.parent_id)
+        mlflow.log_metrics(flatten_metrics(metrics), run_id=self.run_id)
         mlflow.log_artifact(str(path), run_id=self.run_id)
 
     def log_artifact(self, path: str | Path) -> None:
@@ -175,16 +231,112 @@ class StageRun:
         with parent_lock():
             mlflow.MlflowClient().set_tag(self.parent_id, key, value)
 
+    def log_summary(self, figures: dict[str, Any]) -> None:
+        """The judged variant's figures on the parent as `summary.*`: the runs table's few columns."""
+        import mlflow
+
+        with parent_lock():
+            mlflow.log_metrics(flatten_metrics(figures, SUMMARY_PREFIX), run_id=self.parent_id)
+
+    def judge_model(self, digest: str, figures: dict[str, Any], promote: bool) -> str | None:
+        """Link `figures` to the logged model of the export whose digest is `digest` (what this stage
+        judged); when `promote`, register it as REGISTERED_MODEL and move CHAMPION to it. The version
+        the alias now names, else None."""
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        model = _logged_model(client, self.experiment_id, digest)
+        if model is None:
+            log.warning("MLflow: no logged model with %s = %s in %s (its export ran against another store or "
+                        "before models were logged): nothing linked or registered; re-run export (dvc repro -f "
+                        "export) to log it", DIGEST_TAG, digest, tracking_uri())
+            return None
+        mlflow.log_metrics(flatten_metrics(figures), run_id=self.run_id, model_id=model.model_id)
+        if not promote:
+            return None
+        with parent_lock():
+            version = _version_of(client, model) or client.create_model_version(
+                REGISTERED_MODEL, source=f"models:/{model.model_id}", run_id=model.source_run_id,
+                model_id=model.model_id, tags={"parent_run_id": self.parent_id, "gate_run_id": self.run_id})
+            client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version.version)
+        log.info("MLflow: %s version %s is now @%s", REGISTERED_MODEL, version.version, CHAMPION)
+        return version.version
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the file's SHA-256: enough to tell exports apart, short in a table."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def onnx_signature(model: Any) -> Any:
+    """The MLflow signature of an ONNX graph: its named tensors, dtype and shape (-1 on dynamic axes)."""
+    import onnx
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    def schema(values: Any) -> Schema:
+        return Schema([TensorSpec(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type),
+                                  tuple(dim.dim_value or -1 for dim in value.type.tensor_type.shape.dim), value.name)
+                       for value in values])
+
+    return ModelSignature(inputs=schema(model.graph.input), outputs=schema(model.graph.output))
+
+
+def log_onnx_model(model_file: Path) -> str:
+    """Log the ONNX export holding `model_file` as an MLflow model of the active run (onnx flavour, with
+    its signature; the folder's other files, the CRF and tokenizer, beside it), tagged with the file's
+    digest, which is returned: the gate finds the model it judged by it."""
+    import importlib.metadata
+
+    import mlflow.onnx
+    import onnx
+
+    digest = file_digest(model_file)
+    model = onnx.load(str(model_file))
+    extra = sorted(str(path) for path in model_file.parent.iterdir() if path.is_file() and path != model_file)
+    # Pinned requirements: MLflow would otherwise infer them by loading the model in a subprocess.
+    requirements = [f"{name}=={importlib.metadata.version(name)}" for name in ("onnx", "onnxruntime")]
+    info = mlflow.onnx.log_model(model, name=model_file.parent.name, signature=onnx_signature(model),
+                                 pip_requirements=requirements, extra_files=extra, save_as_external_data=False,
+                                 tags={DIGEST_TAG: digest})
+    log.info("MLflow: logged model %s (%s = %s)", info.model_id, DIGEST_TAG, digest)
+    return digest
+
+
+def _logged_model(client: Any, experiment_id: str, digest: str) -> Any | None:
+    found = client.search_logged_models([experiment_id], filter_string=f"tags.`{DIGEST_TAG}` = '{digest}'",
+                                        order_by=[{"field_name": "creation_time", "ascending": False}],
+                                        max_results=1)
+    return found[0] if found else None
+
+
+def _version_of(client: Any, model: Any) -> Any | None:
+    """The registered version of a logged model (a second GO on the same export moves the alias only)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(REGISTERED_MODEL, description="The int8 ONNX student the gate judged; "
+                                       f"@{CHAMPION} is the latest GO.")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    versions = client.search_model_versions(f"name = '{REGISTERED_MODEL}'")
+    return next((version for version in versions if version.source == f"models:/{model.model_id}"), None)
+
 
 def _sqlite_file() -> Path | None:
     uri = tracking_uri()
-    return Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+    return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
 
 
 @contextlib.contextmanager
 def parent_lock() -> Iterator[None]:
-    """Exclusive lock over parent-run writes for this store: beside a SQLite file, else (a server)
-    in the temp folder, which serialises the processes of one machine, as `dvc queue` runs them."""
+    """Exclusive lock over parent-run and registry writes for this store: beside a SQLite file, else (a
+    server) in the temp folder, which serialises the processes of one machine, as `dvc queue` runs them."""
     store = _sqlite_file()
     if store is not None:
         path = store.with_name(store.name + ".lock")
@@ -214,6 +366,13 @@ def _experiment_id(client: Any) -> str:
     return experiment.experiment_id
 
 
+def _earlier_parents(client: Any, experiment_id: str, commit: str) -> list[tuple[str, dict[str, str]]]:
+    """(name, params) of the parents of earlier executions of this commit (stage runs have no commit tag)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.{COMMIT_TAG} = '{commit}'",
+                              order_by=["attributes.start_time DESC"], max_results=200)
+    return [(run.info.run_name, run.data.params) for run in runs]
+
+
 def find_or_create_parent(params: Params) -> tuple[str, str]:
     """(experiment id, parent run id) for this pipeline execution, created once per key even when
     several processes ask at the same time."""
@@ -230,13 +389,14 @@ def find_or_create_parent(params: Params) -> tuple[str, str]:
         if found:
             client.update_run(found[0].info.run_id, status="RUNNING")
             return experiment_id, found[0].info.run_id
-        tags = {KEY_TAG: key, "git_commit": git_commit()}
+        changes = closest_changes(params, _earlier_parents(client, experiment_id, git_commit()))
+        tags = {KEY_TAG: key, COMMIT_TAG: git_commit(), "mlflow.note.content": run_description(changes, params)}
         exp_name = os.environ.get("DVC_EXP_NAME")
         if exp_name:
             tags["dvc_exp_name"] = exp_name
         if os.environ.get(SWEEP_ENV):
             tags["sweep"] = os.environ[SWEEP_ENV]
-        run = client.create_run(experiment_id, run_name=run_name(params), tags=tags)
+        run = client.create_run(experiment_id, run_name=run_name(changes), tags=tags)
         client.log_batch(run.info.run_id,
                          params=[Param(name, str(value)) for name, value in flat(params).items()])
         return experiment_id, run.info.run_id
@@ -250,9 +410,11 @@ def _end_parent(parent_id: str, status: str) -> None:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params, keys: Iterable[str] | None = None) -> Iterator[StageRun]:
+def stage_run(stage: str, params: Params, keys: Iterable[str] | None = None, last: bool = False
+              ) -> Iterator[StageRun]:
     """Open the nested MLflow run of one stage under the execution's parent run, logging the
-    params under `keys` (the stage's dvc.yaml params; None: all of them)."""
+    params under `keys` (the stage's dvc.yaml params; None: all of them). The parent stays RUNNING
+    after the stage, unless it failed or is the `last` of the pipeline."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
@@ -264,29 +426,30 @@ def stage_run(stage: str, params: Params, keys: Iterable[str] | None = None) -> 
                               parent_run_id=parent_id, tags={"stage": stage}) as run:
             mlflow.log_params(stage_params)
             log.info("MLflow: stage run %s under parent %s (%s)", run.info.run_id, parent_id, tracking_uri())
-            yield StageRun(stage=stage, run_id=run.info.run_id, parent_id=parent_id)
+            yield StageRun(stage=stage, run_id=run.info.run_id, parent_id=parent_id, experiment_id=experiment_id)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         raise
     finally:
-        _end_parent(parent_id, status)
+        if last or status != "FINISHED":
+            _end_parent(parent_id, status)
 
 
 def tracked_stage(stage: str, params: Params, params_file: Path, metrics_path: Path, call: Callable[[], dict],
-                  artifacts: Iterable[Path] = (), to_parent: bool = False,
-                  parent_tags: Callable[[dict], dict[str, str]] = lambda metrics: {}) -> dict:
-    """`call` inside the stage's MLflow run, then its metrics file (on the parent too when `to_parent`),
-    artifacts and `parent_tags(metrics)`; only the main process of a distributed run tracks and writes."""
+                  artifacts: Iterable[Path] = (), last: bool = False,
+                  publish: Callable[[StageRun, dict], None] = lambda run, metrics: None) -> dict:
+    """`call` inside the stage's MLflow run, then its metrics file,
+    artifacts and `publish(run, metrics)` (what the stage adds to the parent or the registry); `last`
+    finishes the parent. Only the main process of a distributed run tracks and writes."""
     if not is_main_process():
         return call()
-    with stage_run(stage, params, _declared_keys(params_file, stage)) as run:
+    with stage_run(stage, params, _declared_keys(params_file, stage), last=last) as run:
         metrics = call()
-        run.write_metrics(metrics_path, metrics, to_parent=to_parent)
+        run.write_metrics(metrics_path, metrics)
         for artifact in artifacts:
             run.log_artifact(artifact)
-        for key, value in parent_tags(metrics).items():
-            run.set_parent_tag(key, value)
+        publish(run, metrics)
     return metrics
 
 

@@ -12,18 +12,18 @@ import logging
 import math
 import shutil
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from transformers import EarlyStoppingCallback, EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from nerdistill import tracking
 from nerdistill.data import TrainingData
-from nerdistill.losses import DistillContext, distillation_loss
+from nerdistill.losses import DistillContext, LossParts, distillation_loss
 from nerdistill.metrics import entity_scores
+from nerdistill.model_folders import check_weights
 from nerdistill.modeling import CrfStudent
 from nerdistill.params import Schedule, TrainParams
 from nerdistill.teacher import teacher_forward
@@ -78,6 +78,8 @@ def training_arguments(settings: TrainParams, schedule: Schedule, seed: int, out
         remove_unused_columns=False,
         label_names=["labels"],
         report_to=[],
+        # Trainer's own filter reads every micro-step's loss on the host; the loss we hand it is finite.
+        logging_nan_inf_filter=False,
         disable_tqdm=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -91,7 +93,7 @@ class DistillTrainer(Trainer):
     """Trainer whose loss is the weighted sum of CE, KD, hidden and CRF losses against a frozen teacher."""
 
     def __init__(self, *args: Any, teacher: torch.nn.Module, context: DistillContext, max_nonfinite_steps: int,
-                 crf_lr_multiplier: float, **kwargs: Any):
+                 crf_lr_multiplier: float, group_by_length: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         # The loss is already a per-batch mean; let Trainer divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
@@ -99,8 +101,29 @@ class DistillTrainer(Trainer):
         self.context = context
         self.max_nonfinite_steps = max_nonfinite_steps
         self.crf_lr_multiplier = crf_lr_multiplier
-        self.nonfinite_steps = 0
-        self._since_log: dict[str, list[float]] = defaultdict(list)
+        self.group_by_length = group_by_length
+        # Kept on the device and read only at logging steps: a host read per micro-step would wait
+        # for the GPU to finish every step before queueing the next.
+        self._component_sums = torch.zeros(len(COMPONENTS), device=self.args.device)
+        self._finite_micro_steps = torch.zeros((), device=self.args.device)
+        self._pending_nonfinite = torch.zeros((), dtype=torch.bool, device=self.args.device)
+        self._nonfinite_steps = torch.zeros((), device=self.args.device)
+        self._nonfinite_reported = 0
+        self.add_callback(_SkipNonfiniteSteps(self))
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        """Trainer's sampler, or with train.group_by_length one drawing batches of windows of similar
+        length (in shuffled mega-batches, as Trainer's own grouping), from the dataset's `lengths`
+        when it keeps them: a batch is padded to its longest window, and the CRF's recursion runs to
+        its longest row."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if not self.group_by_length or dataset is None:
+            return super()._get_train_sampler(train_dataset)
+        lengths = getattr(dataset, "lengths", None)
+        if lengths is None:
+            lengths = [len(feature["input_ids"]) for feature in dataset]
+        return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                    lengths=[int(length) for length in lengths])
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """Trainer's optimizer, with the CRF's scores in a group of their own: learning rate x
@@ -132,36 +155,41 @@ class DistillTrainer(Trainer):
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                         word_index=inputs["word_index"], word_mask=inputs["word_mask"], labels=inputs["labels"],
                         starts_line=inputs["starts_line"], ends_line=inputs["ends_line"],
-                        output_hidden_states=need_hidden)
+                        output_hidden_states=need_hidden,
+                        kd_temperature=self.context.temperature if weights.kd > 0 else None)
         parts = distillation_loss(outputs, teacher_logits, teacher_hidden, inputs, weights, self.context)
-        total = parts.total
-        if model.training:
-            total = self._guard_nonfinite(total, self.accelerator.unwrap_model(model))
-            if torch.isfinite(parts.total):
-                for name in COMPONENTS:
-                    self._since_log[name].append(float(getattr(parts, name).detach()))
+        total = self._record(parts) if model.training else parts.total
         return (total, outputs) if return_outputs else total
 
-    def _guard_nonfinite(self, total: torch.Tensor, student: CrfStudent) -> torch.Tensor:
-        # Every rank skips when any rank saw a non-finite loss: ranks that disagreed would enter the
-        # gradient all-reduce with different steps and hang.
-        bad = torch.tensor(0.0 if torch.isfinite(total) else 1.0, device=total.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if not bad:
-            return total
-        self.nonfinite_steps += 1
-        log.warning("non-finite loss at step %d (%d so far): step skipped", self.state.global_step,
-                    self.nonfinite_steps)
-        tracking.log_metrics({"nonfinite_steps": self.nonfinite_steps}, step=self.state.global_step)
-        if self.nonfinite_steps > self.max_nonfinite_steps:
+    def _record(self, parts: LossParts) -> torch.Tensor:
+        """The loss to back-propagate: the total, or 0 when it is not finite (that optimizer step is
+        then skipped, `_SkipNonfiniteSteps`); its components are summed on the device for the next log."""
+        finite = torch.isfinite(parts.total)
+        components = torch.stack([getattr(parts, name).detach().float() for name in COMPONENTS])
+        self._component_sums += torch.where(finite, components, 0.0)
+        self._finite_micro_steps += finite
+        self._pending_nonfinite |= ~finite
+        return torch.where(finite, parts.total, 0.0)
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """Optimizer steps skipped so far for a non-finite loss (a host read: call it at logging steps)."""
+        return int(self._nonfinite_steps.item())
+
+    def check_nonfinite(self) -> None:
+        """Warn about steps skipped since the last check; stop past train.max_nonfinite_steps."""
+        skipped = self.nonfinite_steps
+        if skipped == self._nonfinite_reported:
+            return
+        log.warning("%d optimizer step(s) skipped for a non-finite loss by step %d (%d in all)",
+                    skipped - self._nonfinite_reported, self.state.global_step, skipped)
+        self._nonfinite_reported = skipped
+        tracking.log_metrics({"nonfinite_steps": skipped}, step=self.state.global_step)
+        if skipped > self.max_nonfinite_steps:
             raise TrainingDivergedError(
-                f"{self.nonfinite_steps} training steps had a NaN/inf loss (limit train.max_nonfinite_steps="
+                f"{skipped} training steps had a NaN/inf loss (limit train.max_nonfinite_steps="
                 f"{self.max_nonfinite_steps}); lower the learning rate, use precision: fp32 or bf16, "
                 "or check the teacher's outputs")
-        # Zero gradients for every parameter (x * 0 has gradient 0 even where x is not finite), through
-        # the same parameters on every rank, so DDP's reduction runs as usual and changes nothing.
-        return sum(param.sum() * 0.0 for param in student.parameters() if param.requires_grad)
 
     def prediction_step(self, model: CrfStudent, inputs: dict[str, torch.Tensor], prediction_loss_only: bool,
                         ignore_keys: Sequence[str] | None = None) -> tuple:
@@ -179,10 +207,38 @@ class DistillTrainer(Trainer):
         return loss.detach(), predictions.to(inputs["labels"].device), inputs["labels"]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._since_log:
-            logs.update({f"loss_{name}": float(np.mean(values)) for name, values in self._since_log.items()})
-            self._since_log.clear()
+        if "loss" in logs:
+            self.check_nonfinite()
+            counted = float(self._finite_micro_steps.item())
+            if counted:
+                means = (self._component_sums / counted).tolist()
+                logs.update({f"loss_{name}": mean for name, mean in zip(COMPONENTS, means)})
+            self._component_sums.zero_()
+            self._finite_micro_steps.zero_()
         super().log(logs, start_time)
+
+
+class _SkipNonfiniteSteps(TrainerCallback):
+    """Skips an optimizer step when any micro-step of it, on any rank, had a non-finite loss: its
+    gradients (NaN, or clipped to NaN) are zeroed on the device, without a host read. As before this
+    guard existed, AdamW still moves by its momentum on a zeroed step; the learning-rate schedule goes on.
+    The count is read at logging steps and at the end (`DistillTrainer.check_nonfinite`)."""
+
+    def __init__(self, trainer: DistillTrainer) -> None:
+        self.trainer = trainer
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        trainer = self.trainer
+        bad = trainer._pending_nonfinite.float()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Ranks that disagreed would step different weights apart.
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        skip = bad.bool()
+        for param in trainer.model.parameters():
+            if param.grad is not None:
+                param.grad.masked_fill_(skip, 0.0)
+        trainer._nonfinite_steps += bad
+        trainer._pending_nonfinite.zero_()
 
 
 class MlflowStepCallback(TrainerCallback):
@@ -222,8 +278,11 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
         callbacks=[EarlyStoppingCallback(settings.early_stopping_patience, settings.early_stopping_threshold),
                    MlflowStepCallback()],
         teacher=teacher, context=context, max_nonfinite_steps=settings.max_nonfinite_steps,
-        crf_lr_multiplier=settings.crf_lr_multiplier)
+        crf_lr_multiplier=settings.crf_lr_multiplier, group_by_length=settings.group_by_length)
     resume_from = _last_checkpoint(checkpoint_dir) if resume else None
+    if resume_from is not None:
+        check_weights(Path(resume_from), "delete that checkpoint folder to resume from the one before it, "
+                                         "or run without --resume")
     if resume and resume_from is None:
         log.warning("--resume: no checkpoint in %s, training from the start", checkpoint_dir)
     elif resume_from is not None:
@@ -232,6 +291,7 @@ def train_student(student: CrfStudent, teacher: torch.nn.Module, context: Distil
         # Checkpoints of an earlier run with other params would mix into rotation and best-model tracking.
         shutil.rmtree(checkpoint_dir)
     output = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.check_nonfinite()
     history = epoch_history(trainer.state.log_history)
     best_epoch, best = _best_epoch(history)
     result = TrainResult(

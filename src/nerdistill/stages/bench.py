@@ -185,5 +185,5 @@ def main(args: argparse.Namespace, params: Params) -> int:
     models = named_models(params.teacher.model_name, args.model)
     tracked_stage("bench", params, args.params, args.metrics,
                   lambda: run(params, data_dir=args.data, models=models, latency_png=args.plot),
-                  artifacts=(args.plot,), to_parent=True)
+                  artifacts=(args.plot,))
     return 0

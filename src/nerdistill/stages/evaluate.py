@@ -117,5 +117,5 @@ def main(args: argparse.Namespace, params: Params) -> int:
     models = named_models(params.teacher.model_name, args.model)
     tracked_stage("evaluate", params, args.params, args.metrics, lambda: run(
         params, data_dir=args.data, models=models, per_class_csv=args.per_class, confusion_png=args.confusion,
-        errors_path=args.errors), artifacts=(args.per_class, args.confusion, args.errors), to_parent=True)
+        errors_path=args.errors), artifacts=(args.per_class, args.confusion, args.errors))
     return 0

@@ -23,10 +23,10 @@ import logging
 from pathlib import Path
 
 from nerdistill.annotated import AnnotatedDir
-from nerdistill.export import export_student, load_student
+from nerdistill.export import MODEL_FILE, export_student, load_student
 from nerdistill.metrics import entity_scores
 from nerdistill.params import Params
-from nerdistill.tracking import tracked_stage
+from nerdistill.tracking import ONNX_DIGEST, log_onnx_model, tracked_stage
 from nerdistill.tagger.load import load_tagger
 from nerdistill.vocab import segmentation_report, trim_student
 
@@ -75,7 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, params: Params) -> int:
-    tracked_stage("export", params, args.params, args.metrics,
-                  lambda: run(params, model_dir=args.model, data_dir=args.data, fp32_dir=args.fp32, int8_dir=args.int8),
-                  artifacts=(args.int8,), to_parent=True)
+    tracked_stage("export", params, args.params, args.metrics, lambda: logged(
+        run(params, model_dir=args.model, data_dir=args.data, fp32_dir=args.fp32, int8_dir=args.int8), args.int8))
     return 0
+
+
+def logged(metrics: dict, int8_dir: Path) -> dict:
+    """The int8 export, what ships, logged as an MLflow model of the stage's run; its digest in export.json,
+    where the gate reads which model it judged (also when DVC restores this stage from its cache)."""
+    metrics["int8"][ONNX_DIGEST] = log_onnx_model(int8_dir / MODEL_FILE)
+    return metrics

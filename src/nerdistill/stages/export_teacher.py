@@ -73,6 +73,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, params: Params) -> int:
-    tracked_stage("export_teacher", params, args.params, args.metrics, lambda: run(params, out_dir=args.out),
-                  to_parent=True)
+    tracked_stage("export_teacher", params, args.params, args.metrics, lambda: run(params, out_dir=args.out))
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
 from nerdistill.losses import Curriculum, DistillContext
-from nerdistill.model_folders import provenance
+from nerdistill.model_folders import check_weights, provenance
 from nerdistill.modeling import CrfStudent, save_student
 from nerdistill.params import Params
 from nerdistill.plots import plot_training
@@ -20,6 +20,7 @@ from nerdistill.trainer import train_student
 def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, history_csv: Path, plot_png: Path,
         checkpoint_dir: Path, resume: bool = False) -> dict:
     train = params.train
+    check_weights(Path(model_dir), "re-run the stage that wrote it (dvc repro prune)")
     check_against_teacher(params)
     teacher, tokenizer = load_teacher(params.teacher.model_name)
     data = load_training_data(AnnotatedDir(data_dir), tokenizer, params.student.max_length, params.teacher.stride)

@@ -42,10 +42,10 @@ from pathlib import Path
 
 from nerdistill.io import read_json
 from nerdistill.params import Params, ParamsError
-from nerdistill.results import AGREEMENT, CPU_VARIANTS, EXPORTS, FP32, GO, GOLD, INT8, NOGO, ONNX, REVIEW, SPREAD, \
-    SUMMARY_DROP, SUMMARY_F1, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_RSS, TEACHER_INT8, gate_summary, \
-    judged_basis, judged_figures, lookup, natural_variant, number
-from nerdistill.tracking import tracked_stage
+from nerdistill.results import AGREEMENT, CPU_VARIANTS, EXPORTS, FP32, GATE_KEYS, GO, GOLD, INT8, NOGO, ONNX, REVIEW, \
+    SPREAD, SUMMARY_DROP, SUMMARY_F1, SUMMARY_KEYS, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_RSS, TEACHER_INT8, \
+    gate_summary, judged_basis, judged_figures, lookup, natural_variant, number
+from nerdistill.tracking import ONNX_DIGEST, StageRun, tracked_stage
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,12 @@ def run(params: Params, eval_metrics: dict, bench_metrics: dict, export_metrics:
     steady = all(check["passed"] for check in checks if check["name"] == "latency_stable")
     nogo = any(check["on_fail"] == NOGO for check in failed) or (
         steady and figures[SUMMARY_P50] > params.gate.nogo_latency_ms)
-    result = {"decision": NOGO if nogo else REVIEW if failed else GO, "basis": basis, "model": model,
-              "variant": variant, **figures, SPREAD: spreads, "checks": checks}
+    # Only the spreads the stability check watched: every variant's is in bench.json, and here they would
+    # bury the decision in `dvc metrics diff`.
+    watched = {key: spreads[key] for key in _references(bench_metrics, f"{model}:{variant}") if key in spreads}
+    values = {"decision": NOGO if nogo else REVIEW if failed else GO, "basis": basis, "model": model,
+              "variant": variant, **figures, SPREAD: watched, "checks": checks}
+    result = {key: values[key] for key in GATE_KEYS}  # decision first
     log.info("gate: %s (%s basis, %s %s)", result["decision"], basis, model, variant)
     return result
 
@@ -144,8 +148,7 @@ def _checks(params: Params, bench: dict, export: dict | None, model: str, varian
 
 def _stability(bench: dict, judged: str, spreads: dict[str, float]) -> dict:
     """Steady latency for the judged variant and the teacher references its ratios divide by."""
-    teacher = lookup(bench, ("teacher",), "bench")
-    references = (judged, f"{teacher}:{FP32}", f"{TEACHER_INT8}:{ONNX}")
+    references = _references(bench, judged)
     unsteady = [key for key in references if key in bench.get("unstable", [])]
     watched = [key for key in references if key in spreads]
     limit = bench.get("max_spread")
@@ -159,6 +162,11 @@ def _stability(bench: dict, judged: str, spreads: dict[str, float]) -> dict:
               f"{bench.get('load_avg', {}).get('after')}): the latency checks are not judged; re-run bench on a "
               "quiet machine" if unsteady else f"the most spread of {', '.join(watched)}: {worst}")
     return _check("latency_stable", spreads[worst], limit, not unsteady, REVIEW, source)
+
+
+def _references(bench: dict, judged: str) -> tuple[str, str, str]:
+    """The judged "model:variant" and the teacher variants its latency ratios divide by."""
+    return judged, f"{lookup(bench, ('teacher',), 'bench')}:{FP32}", f"{TEACHER_INT8}:{ONNX}"
 
 
 def _check(name: str, value: float, threshold: float, passed: bool, on_fail: str, source: str) -> dict:
@@ -177,7 +185,23 @@ def main(args: argparse.Namespace, params: Params) -> int:
     eval_metrics, bench_metrics = read_json(args.eval), read_json(args.bench)
     export_metrics = read_json(args.export) if args.export else None
     result = tracked_stage("gate", params, args.params, args.out,
-                           lambda: run(params, eval_metrics, bench_metrics, export_metrics),
-                           to_parent=True, parent_tags=lambda result: {"gate": result["decision"]})
+                           lambda: run(params, eval_metrics, bench_metrics, export_metrics), last=True,
+                           publish=lambda stage, result: publish(stage, result, export_metrics))
     print(gate_summary(result))
     return exit_code(result, params)
+
+
+def publish(stage: StageRun, result: dict, export_metrics: dict | None) -> None:
+    """The decision and figures on the execution's parent run; when the judged model is the int8 export
+    (what ships), the figures linked to its MLflow model, registered with the champion alias on GO only."""
+    figures = {key: result[key] for key in SUMMARY_KEYS}
+    stage.set_parent_tag("gate", result["decision"])
+    stage.log_summary(figures)
+    if EXPORTS.get(result["model"]) != "int8":
+        return
+    digest = (export_metrics or {}).get("int8", {}).get(ONNX_DIGEST)
+    if digest is None:
+        log.warning("gate: export.json names no %s of the int8 export, so its MLflow model is not linked nor "
+                    "registered; re-run export (dvc repro export)", ONNX_DIGEST)
+        return
+    stage.judge_model(digest, figures, promote=result["decision"] == GO)

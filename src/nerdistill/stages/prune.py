@@ -22,6 +22,7 @@ from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import TrainingData, load_training_data
 from nerdistill.io import write_json
 from nerdistill.losses import Curriculum, DistillContext
+from nerdistill.model_folders import check_weights
 from nerdistill.modeling import CrfStudent, save_student
 from nerdistill.params import Params, PruningParams
 from nerdistill.plots import plot_importance
@@ -36,6 +37,7 @@ HEADS_FILE = "heads_pruned.json"  # beside the pruned model: kept and removed he
 
 def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, importance_json: Path,
         heatmap_png: Path) -> dict:
+    check_weights(Path(model_dir), "re-run the stage that wrote it (dvc repro distill)")
     check_against_teacher(params)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     teacher, tokenizer = load_teacher(params.teacher.model_name, device)
@@ -60,9 +62,11 @@ def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, importan
     write_json(importance_json, importance.scores_json(scores, selection, originals.heads, settings.num_batches))
     plot_importance(scores.heads, selection.heads, removal.ffn_sizes_before, removal.ffn_sizes_after, heatmap_png)
     after = _figures(student, scorer)
-    log.info("pruned %d of %d heads and %d of %d FFN neurons: %d -> %d parameters, val F1 %.4f -> %.4f",
-             selection.heads_report["removed"], before["heads"], selection.ffn_report["removed"], before["neurons"],
-             before["params"], after["params"], before["val_f1"], after["val_f1"])
+    log.info("pruned %d of %d heads (%d requested) and %d of %d FFN neurons (%d requested): %d -> %d parameters, "
+             "val F1 %.4f -> %.4f", selection.heads_report["removed"], before["heads"],
+             selection.heads_report["removed_requested"], selection.ffn_report["removed"], before["neurons"],
+             selection.ffn_report["removed_requested"], before["params"], after["params"], before["val_f1"],
+             after["val_f1"])
     disk_bytes = _safetensors_bytes(model_dir), _safetensors_bytes(out_dir)
     return _metrics(settings, before, after, selection, removal, disk_bytes)
 
@@ -94,6 +98,8 @@ def _metrics(settings: PruningParams, before: dict[str, Any], after: dict[str, A
         "ratio": settings.ratio, "ffn_ratio": settings.ffn_ratio, "scope": settings.scope,
         "rounding_rule": heads["rounding_rule"], "layers_spared": len(heads["layers_spared"]),
         "ffn_layers_spared": len(ffn["layers_spared"]),
+        # A positive ratio that removed nothing, in one line each, where `dvc metrics show` puts it in view.
+        "warnings": [report["warning"] for report in (heads, ffn) if report["warning"]],
     }
 
 

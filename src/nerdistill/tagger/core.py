@@ -132,6 +132,8 @@ class NerTagger:
 
     def __call__(self, texts: Sequence[str], batch_size: int | None = None) -> list[list[dict[str, Any]]]:
         """Entities of each text: `{"text", "type", "start", "end", "token_start", "token_end", "score"}`."""
+        if isinstance(texts, str):  # a str is a sequence too: each character would be tagged as a text
+            raise TypeError("NerTagger(texts): pass a list of texts, e.g. tagger([text]), not one str")
         words = [split_words(text) for text in texts]
         tagged = self._tag([[word.text for word in line] for line in words], batch_size, self.drop_types)
         return [_entities(text, line, tagged_line.tags, tagged_line.scores)
@@ -154,6 +156,9 @@ class NerTagger:
     @torch.inference_mode()
     def _tag(self, sentences: Sequence[Sequence[str]], batch_size: int | None, dropped: tuple[str, ...],
              progress: str | None = None, with_probs: bool = False) -> list[TaggedLine]:
+        if isinstance(sentences, str) or any(isinstance(words, str) for words in sentences):
+            raise TypeError("tag_words(sentences): pass a list of sentences, each a list of words, e.g. "
+                            "tagger.tag_words([text.split()]); a str would be read one character a word")
         tags: list[list[str]] = [[""] * len(words) for words in sentences]
         scores: list[list[float]] = [[0.0] * len(words) for words in sentences]
         probs = [torch.zeros(len(words), len(self.backend.labels)) if with_probs else None for words in sentences]

@@ -11,8 +11,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from nerdistill.crf import CrfWeights
-from nerdistill.io import read_json
-from nerdistill.model_folders import CRF_FILE, EXPORTED_TEACHER, ONNX_MANIFEST, load_tokenizer
+from nerdistill.io import InputError, read_json
+from nerdistill.model_folders import CRF_FILE, EXPORTED_TEACHER, ONNX_MANIFEST, check_vocabulary, load_tokenizer
 from nerdistill.tagger.core import WindowLimits, WindowOutput, argmax_outputs, with_scores
 
 
@@ -35,7 +35,7 @@ class OnnxBackend:
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        self.session = ort.InferenceSession(str(folder / manifest["model_file"]), options, providers=providers)
+        self.session = _session(folder / manifest["model_file"], options, providers)
         self.input_names = [node.name for node in self.session.get_inputs()]
         # The exported model's PyTorch count (the graph's initialisers also hold quantisation scales).
         self.parameters: int | None = manifest.get("parameters")
@@ -57,12 +57,26 @@ class OnnxBackend:
         return argmax_outputs(probs, batch["word_mask"], self.labels)
 
 
+def _session(path: Path, options: Any, providers: list[str]) -> Any:
+    """An onnxruntime session of `path`, refused in one line when the file is cut short or not a model."""
+    import onnxruntime as ort
+    from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf
+
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    except (InvalidProtobuf, InvalidArgument, InvalidGraph) as err:
+        raise InputError(f"{path.parent}: {path.name} is truncated or not an ONNX model ({str(err).strip()}); "
+                         "re-run the export that wrote it") from err
+
+
 def open_onnx(folder: Path, device: torch.device, threads: int | None
               ) -> tuple[OnnxBackend, PreTrainedTokenizerBase, WindowLimits]:
     """The backend, tokenizer and window limits of an export folder: by default the window of the model
     exported (the student's, or the teacher's from params), as the export's manifest records it.
     `threads` sets onnxruntime's intra-op threads."""
     manifest = read_json(folder / ONNX_MANIFEST)
+    tokenizer = load_tokenizer(folder)
+    check_vocabulary(folder, tokenizer, manifest["vocab_size"])  # the exported embedding table's rows
     backend = OnnxBackend(folder, manifest, device, threads)
     limits = WindowLimits(manifest["max_positions"], manifest["max_length"], manifest["stride"])
-    return backend, load_tokenizer(folder), limits
+    return backend, tokenizer, limits

@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from nerdistill.crf import CrfWeights
 from nerdistill.labels import ordered_labels
-from nerdistill.model_folders import load_tokenizer, student_window, window_length
+from nerdistill.model_folders import check_vocabulary, load_tokenizer, student_window, window_length
 from nerdistill.modeling import CrfStudent
 from nerdistill.tagger.core import WindowLimits, WindowOutput, with_scores
 
@@ -38,6 +38,8 @@ def open_student(folder: Path, device: torch.device) -> tuple[StudentBackend, Pr
     """The backend, tokenizer and window limits of a student folder: by default the window it was
     trained with (its provenance)."""
     model = CrfStudent.from_pretrained(folder)
-    backend, tokenizer = StudentBackend(model, device), load_tokenizer(folder)
+    tokenizer = load_tokenizer(folder)
+    check_vocabulary(folder, tokenizer, model.config.encoder.vocab_size)  # the rows from_pretrained made
+    backend = StudentBackend(model, device)
     limit = window_length(model.config.encoder.max_position_embeddings, tokenizer)
     return backend, tokenizer, WindowLimits(limit, *student_window(model.config, tokenizer))
