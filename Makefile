@@ -46,8 +46,7 @@ $(DEMO_TEACHER): | install
 DEMO_COLUMNS := 'Experiment$$|(metrics/gate\.json:)?(decision|basis|variant|f1|f1_drop_points|latency_ratio_vs_teacher_fp32|size_ratio_vs_teacher_fp32)$$|(params\.yaml:)?pruning\.ratio$$'
 
 demo: install $(DEMO_TEACHER)
-	PATH=$(abspath $(BIN)):$$PATH MLFLOW_TRACKING_URI=sqlite:///$(abspath mlflow.db) \
-		$(BIN)/dvc exp run --temp $(DEMO_OVERRIDES)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/dvc exp run --temp $(DEMO_OVERRIDES)
 	$(BIN)/dvc exp show --no-pager --md --drop '.*' --keep $(DEMO_COLUMNS)
 
 # A grid of DVC experiments and their Pareto front (README: Sweep). The demo grid names the demo
