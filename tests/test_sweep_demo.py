@@ -173,7 +173,10 @@ def test_queued_and_temporary_runs_reach_the_checkouts_store(demo_sweep) -> None
         champion = client.get_model_version_by_alias("nerdistill-student", "champion")
         assert champion.tags["parent_run_id"] in go
         assert client.get_run(champion.run_id).data.tags["stage"] == "export"
-        assert client.get_logged_model(champion.model_id).tags["nerdistill.onnx_digest"]
+        # A version created from `models:/<id>` comes back from the alias lookup without its model_id.
+        model_id = champion.model_id or champion.source.removeprefix("models:/")
+        assert client.get_logged_model(model_id).tags["nerdistill.onnx_digest"]
     else:
         assert client.search_registered_models() == []
-    assert stages[temp_name] == {"gate"}  # the rest restored from DVC's run-cache
+    # Training restored from DVC's run-cache (evaluate has an uncached plain output: no run-cache entry).
+    assert "gate" in stages[temp_name] and not {"distill", "prune", "finetune"} & stages[temp_name]
