@@ -228,8 +228,12 @@ def _annotate(args: argparse.Namespace, work: Path) -> dict:
     tokenizer_dir = train_tokenizer(REPO / "data" / "raw" / "corpus.txt", work / "tokenizer")
     from nerdistill.model_folders import load_tokenizer
 
-    CamembertForTokenClassification(CamembertConfig(**_shape(args.shape), id2label=IO_LABELS)).save_pretrained(folder)
-    load_tokenizer(tokenizer_dir).save_pretrained(folder)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    # The stand-in tokenizer's own rows (the loader refuses a tokenizer smaller than the table): the
+    # embedding lookup's cost does not depend on the table's size.
+    shape = {**_shape(args.shape), "vocab_size": len(tokenizer)}
+    CamembertForTokenClassification(CamembertConfig(**shape, id2label=IO_LABELS)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     settings = type(params.teacher)(**{**params.teacher.__dict__, "model_name": str(folder)})
     tagger = teacher_tagger(settings, drop_types=params.annotate.drop_types)
     vocabulary = [w for line in (REPO / "data" / "raw" / "corpus.txt").read_text(encoding="utf-8").split("\n")
