@@ -6,20 +6,28 @@ params.yaml values: build the student (`student.teacher_layers`), score heads an
 remove them (`pruning.ratio`, `pruning.ffn_ratio`, `pruning.scope`), trim the vocabulary, export
 to ONNX int8. Random weights time and weigh exactly like trained ones; quality is not measured here.
 
-Vocabulary: CamemBERT's tokenizer cannot be downloaded here, so the trimmed row count is the share
-of rows a real run kept (`--rows-kept-share`, from a real run's metrics/export.json
-`vocab.rows_kept_share`) applied to the 32,005 rows; the file says so. Token ids come from a small
-SentencePiece tokenizer trained on the sample corpus (ids below its ~1,000 pieces, all kept rows).
+Vocabulary: CamemBERT's tokenizer cannot be downloaded here, so a student with `student.vocab:
+corpus` keeps the share of rows a real run kept (`--rows-kept-share`, from a real run's
+metrics/export.json `vocab.rows_kept_share`) of the 32,005 rows; the file says so. Token ids come
+from a small SentencePiece tokenizer trained on the sample corpus (ids below its ~1,000 pieces, all
+kept rows).
+
+Sweep points: `--point sweeps/real.yaml:L3-f70-corpus` adds the student of that grid point (its
+depth, head and FFN ratios, vocabulary and export keys; the teacher layers derived for 12 layers as
+the sweep derives them), timed as its int8 ONNX export in the same interleaved rounds, so a point
+chosen on the real stand-in is read at CamemBERT-base's size. Its targets are the tenfold student's:
+<= 0.10x the teacher's fp32 p50 and <= 25 MB on disk.
 
 Timing: the bench stage's own measure (nerdistill.benchmark.Timer: model forward plus CRF Viterbi or
 argmax on pre-collated windows), batch 1 on a `--tokens`-sub-token document, every variant once per
 round in rotated order (interleaved), `--warmup` rounds discarded. Writes `--out` (JSON) and prints it.
 
-    python scripts/shape_bench.py --rows-kept-share 0.43 --out metrics/shape_bench.json
+    python scripts/shape_bench.py --point sweeps/real.yaml:L3-f70-corpus --rows-kept-share 0.40
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -33,14 +41,14 @@ import torch
 from transformers import CamembertConfig, CamembertForTokenClassification
 
 from nerdistill import benchmark as bm
-from nerdistill import importance, pruning
+from nerdistill import importance, pruning, sweep
 from nerdistill.demo.teacher import train_tokenizer
 from nerdistill.export import export_student
 from nerdistill.io import write_json
 from nerdistill.labels import student_labels
 from nerdistill.modeling import build_student, parameter_count, save_student
 from nerdistill.params import Params
-from nerdistill.params_reader import load_params
+from nerdistill.params_reader import load_params, params_from_dict
 from nerdistill.tagger.load import compared_tagger
 from nerdistill.text import split_words
 from nerdistill.vocab import keep_rows
@@ -61,19 +69,31 @@ SHAPES = {
 }
 VARIANTS = ("teacher_fp32", "teacher_int8", "student_fp32", "student_int8_onnx")
 TARGET_RATIO = 0.25
+# The tenfold student (issue 26): a sweep point's int8 export against the teacher's fp32.
+TENFOLD_LATENCY_RATIO = 0.10
+TENFOLD_MAX_BYTES = 25_000_000
+# What a sweep point may set that changes the student's shape or file; training keys do not.
+SHAPE_SECTIONS = ("student", "pruning", "export")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not 0.0 < args.rows_kept_share <= 1.0:
+    if args.rows_kept_share is not None and not 0.0 < args.rows_kept_share <= 1.0:
         sys.exit(f"--rows-kept-share {args.rows_kept_share}: give the share (0, 1] of rows a real run kept "
                  "(metrics/export.json vocab.rows_kept_share)")
     params = load_params(args.params)
+    points = {}
+    for spec in args.point:
+        name, point_params, overrides = _point(spec, params, SHAPES[args.shape]["num_hidden_layers"])
+        points[name] = (spec, point_params, overrides)
+    if args.rows_kept_share is None and "corpus" in {params.student.vocab, *(p.student.vocab for _, p, _ in points.values())}:
+        sys.exit("a student here has student.vocab: corpus: give --rows-kept-share, the share of rows a real run "
+                 "kept (its metrics/export.json vocab.rows_kept_share)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(params.base.seed)
     with tempfile.TemporaryDirectory(prefix="shape_bench_") as work:
-        result = run(params, args, Path(work))
+        result = run(params, points, args, Path(work))
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return 0
@@ -92,32 +112,24 @@ def _accept_the_stand_in_tokenizer() -> None:
         module.check_vocabulary = lambda *args: None
 
 
-def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
+def run(params: Params, points: dict[str, tuple[str, Params, dict]], args: argparse.Namespace, work: Path) -> dict:
     _accept_the_stand_in_tokenizer()
     tokenizer_dir = train_tokenizer(REPO / "data" / "raw" / "corpus.txt", work / "tokenizer")
-    teacher_dir, student_dir, onnx_dir = work / "teacher", work / "student", work / "student_int8"
+    teacher_dir = work / "teacher"
     teacher, tokenizer = _teacher(args.shape, tokenizer_dir, teacher_dir)
-    labels = student_labels(IO_LABELS, params.annotate.drop_types)
-    student = build_student(teacher, dict(enumerate(labels)), params.student.teacher_layers, params.student.dropout,
-                            provenance={"shape_bench": args.shape})
-    built = parameter_count(student)
-    prune_report = _prune(student, params, tokenizer.vocab_size)
-    rows_before = student.config.encoder.vocab_size
-    # Never fewer rows than the ids the stand-in tokenizer produces (only the tiny shape comes near).
-    rows_kept = max(math.ceil(args.rows_kept_share * rows_before), len(tokenizer))
-    keep_rows(student, list(range(rows_kept)), f"shape benchmark: {args.rows_kept_share:.4f} of the rows")
-    save_student(student, tokenizer, student_dir)
-    export_student(student, tokenizer, work / "student_onnx_fp32", onnx_dir, params.export, f"shape bench {args.shape}")
     teacher_int8_bytes = _int8_bytes(teacher, work / "teacher_int8.pt")
+    student, student_dir, onnx_dir, student_report = _student(teacher, tokenizer, params, args, work / "shipped")
+    built_points = {name: _student(teacher, tokenizer, point_params, args, work / name)
+                    for name, (_, point_params, _) in points.items()}
 
-    taggers = {name: compared_tagger(str(path), params.teacher, "cpu", args.threads)
-               for name, path in (("teacher_fp32", teacher_dir), ("student_fp32", student_dir),
-                                  ("student_int8_onnx", onnx_dir))}
+    folders = {"teacher_fp32": teacher_dir, "student_fp32": student_dir, "student_int8_onnx": onnx_dir,
+               **{f"{name}_int8_onnx": built[2] for name, built in built_points.items()}}
+    taggers = {name: compared_tagger(str(path), params.teacher, "cpu", args.threads) for name, path in folders.items()}
     taggers["teacher_int8"] = bm.quantized(taggers["teacher_fp32"])
     sentences = [[w.text for w in split_words(line)] for line in
                  (REPO / "data" / "raw" / "corpus.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     workloads = bm.build_workloads(sentences, tokenizer, args.tokens, batch_size=1)
-    timers = {name: bm.Timer(taggers[name], workloads, 1) for name in VARIANTS}
+    timers = {name: bm.Timer(tagger, workloads, 1) for name, tagger in taggers.items()}
     samples = bm.interleaved(timers, ["doc"], args.warmup, args.repeats, desc="shape bench")
     p50 = {name: {f"doc_{key}": value for key, value in bm.percentiles_ms(s["doc"]).items()}
            for name, s in samples.items()}
@@ -132,9 +144,22 @@ def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
     for name in VARIANTS:
         figures[name] |= p50[name]
     base = figures["teacher_fp32"]
-    ratios = {name: {"doc_p50_ms": figures[name]["doc_p50_ms"] / base["doc_p50_ms"],
-                     "disk_bytes": figures[name]["disk_bytes"] / base["disk_bytes"]} for name in VARIANTS[1:]}
-    shipped = ratios["student_int8_onnx"]
+
+    def ratios(figure: dict) -> dict:
+        return {"doc_p50_ms": figure["doc_p50_ms"] / base["doc_p50_ms"], "disk_bytes": figure["disk_bytes"] / base["disk_bytes"]}
+
+    shipped = ratios(figures["student_int8_onnx"])
+    point_results = {}
+    for name, (point_student, _, point_onnx, point_report) in built_points.items():
+        figure = {"parameters": parameter_count(point_student), "disk_bytes": bm.disk_bytes(str(point_onnx)),
+                  **p50[f"{name}_int8_onnx"]}
+        point_ratios = ratios(figure)
+        point_results[name] = {
+            "source": points[name][0], "overrides": points[name][2], "student": point_report, "int8_onnx": figure,
+            "ratios_vs_teacher_fp32": point_ratios,
+            "targets": {"latency_ratio": TENFOLD_LATENCY_RATIO, "disk_bytes": TENFOLD_MAX_BYTES,
+                        "latency_met": point_ratios["doc_p50_ms"] <= TENFOLD_LATENCY_RATIO,
+                        "bytes_met": figure["disk_bytes"] <= TENFOLD_MAX_BYTES}}
     return {
         "shape": args.shape, "config": SHAPES[args.shape],
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -142,17 +167,56 @@ def run(params: Params, args: argparse.Namespace, work: Path) -> dict:
         "timing": {"what": "the bench stage's: model forward + CRF Viterbi (students) or argmax (teacher) on "
                              "windows tokenised and collated beforehand", "batch": 1, "doc_subtokens": bm.subtoken_count(tokenizer, workloads.doc),
                    "warmup": args.warmup, "repeats": args.repeats, "order": "interleaved, rotated each round"},
-        "student": {"teacher_layers": list(params.student.teacher_layers), "parameters_built": built,
-                    "head_counts": student.config.head_counts, "ffn_sizes": student.config.ffn_sizes,
-                    **prune_report, "vocab_rows": {"before": rows_before, "after": rows_kept},
-                    "vocab_note": f"CamemBERT's tokenizer is not reachable offline: the share of rows a real run "
-                                  f"kept ({args.rows_kept_share:.4f}, {args.rows_kept_share_source}) applied to "
-                                  f"{rows_before} rows"},
-        "variants": figures, "ratios_vs_teacher_fp32": ratios,
+        "student": student_report,
+        "variants": figures, "ratios_vs_teacher_fp32": {name: ratios(figures[name]) for name in VARIANTS[1:]},
         "targets": {"latency_ratio": TARGET_RATIO, "bytes_ratio": TARGET_RATIO,
                     "latency_met": shipped["doc_p50_ms"] <= TARGET_RATIO,
                     "bytes_met": shipped["disk_bytes"] <= TARGET_RATIO},
+        "points": point_results,
     }
+
+
+def _student(teacher: CamembertForTokenClassification, tokenizer, params: Params, args: argparse.Namespace,
+             work: Path) -> tuple[torch.nn.Module, Path, Path, dict]:
+    """Build, prune, trim and export one student as the pipeline would: (student, its folder, its int8
+    ONNX folder, what was done to it)."""
+    labels = student_labels(IO_LABELS, params.annotate.drop_types)
+    student = build_student(teacher, dict(enumerate(labels)), params.student.teacher_layers, params.student.dropout,
+                            provenance={"shape_bench": args.shape})
+    built = parameter_count(student)
+    prune_report = _prune(student, params, tokenizer.vocab_size)
+    rows_before = student.config.encoder.vocab_size
+    share = args.rows_kept_share if params.student.vocab == "corpus" else 1.0
+    # Never fewer rows than the ids the stand-in tokenizer produces (only the tiny shape comes near).
+    rows_kept = max(math.ceil(share * rows_before), len(tokenizer))
+    keep_rows(student, list(range(rows_kept)), f"shape benchmark: {share:.4f} of the rows")
+    student_dir, onnx_dir = work / "student", work / "student_int8"
+    save_student(student, tokenizer, student_dir)
+    export_student(student, tokenizer, work / "student_onnx_fp32", onnx_dir, params.export, f"shape bench {args.shape}")
+    vocab_note = (f"student.vocab: corpus; CamemBERT's tokenizer is not reachable offline: the share of rows a real "
+                  f"run kept ({share:.4f}, {args.rows_kept_share_source}) applied to {rows_before} rows"
+                  if params.student.vocab == "corpus" else "student.vocab: full, every row kept")
+    report = {"teacher_layers": list(params.student.teacher_layers), "parameters_built": built,
+              "head_counts": student.config.head_counts, "ffn_sizes": student.config.ffn_sizes,
+              **prune_report, "vocab_rows": {"before": rows_before, "after": rows_kept}, "vocab_note": vocab_note,
+              "quantize_embeddings": params.export.quantize_embeddings}
+    return student, student_dir, onnx_dir, report
+
+
+def _point(spec: str, params: Params, depth: int) -> tuple[str, Params, dict]:
+    """`GRID_FILE:POINT` -> (point name, params.yaml with the point's shape keys, those keys), the
+    teacher layers derived for a teacher of `depth` layers as the sweep derives them."""
+    path, sep, name = spec.rpartition(":")
+    if not sep:
+        sys.exit(f"--point {spec}: expected GRID_FILE:POINT_NAME, e.g. sweeps/real.yaml:L3-f70-corpus")
+    grid = sweep.load_grid(path)
+    by_name = {sweep.point_name(values): values for values in sweep.expand(grid)}
+    if name not in by_name:
+        sys.exit(f"--point {spec}: {path} has no point {name!r}; its points: {', '.join(by_name)}")
+    chosen = {**grid.base, **by_name[name]}
+    overrides = {key: value for key, value in chosen.items() if key.split(".")[0] in SHAPE_SECTIONS}
+    overrides |= sweep.derive_layers(chosen.get(sweep.NUM_LAYERS, params.student.num_layers), depth)
+    return name, params_from_dict(sweep.apply_overrides(dataclasses.asdict(params), overrides)), overrides
 
 
 def _teacher(shape: str, tokenizer_dir: Path, out_dir: Path) -> tuple[CamembertForTokenClassification, object]:
@@ -203,10 +267,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="camembert-base")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument("--rows-kept-share", type=float, required=True,
-                        help="share of embedding rows a real run's vocabulary trimming kept")
+    parser.add_argument("--rows-kept-share", type=float,
+                        help="share of embedding rows a real run's vocabulary trimming kept; needed when a student "
+                             "here has student.vocab: corpus")
     parser.add_argument("--rows-kept-share-source", default="given on the command line",
                         help="where that share was measured, recorded in the output")
+    parser.add_argument("--point", action="append", default=[], metavar="GRID_FILE:POINT",
+                        help="also build and time this sweep point's student (repeatable), e.g. "
+                             "sweeps/real.yaml:L3-f70-corpus")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=350)
     parser.add_argument("--warmup", type=int, default=3)

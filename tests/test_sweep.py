@@ -69,7 +69,7 @@ def test_shipped_grids_parse() -> None:
     for grid in (demo, real):
         sweep.check_keys(grid, load_params(REPO / "params.yaml"), {})
     assert len(sweep.expand(demo)) == 4 and len(sweep.expand(real)) == 4
-    assert real.grid["student.num_layers"] == [2, 3] and real.jobs == 1
+    assert real.grid["student.num_layers"] == [3, 4] and real.jobs == 1
 
 
 def test_expand_is_the_cartesian_product_last_key_fastest(tmp_path: Path) -> None:
