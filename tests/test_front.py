@@ -104,6 +104,24 @@ def test_the_recommendation_is_the_cheapest_point_within_the_gates_drop_bound() 
     assert front.recommend(front.build([("L3", _files(3, 0.895, 3.0, 300, basis="gold"))])) is None
 
 
+def test_the_recommendation_skips_a_point_with_an_entity_type_past_the_per_type_bound() -> None:
+    # Teacher F1 0.9 (gold); L2 is 0.5 points below it overall but 2.5 below on ORG, L3 0.3 below everywhere.
+    rows = []
+    for name, layers, f1, p50, org in (("L2", 2, 0.895, 2.0, 2.5), ("L3", 3, 0.897, 3.0, 0.3)):
+        files = _bounded(_files(layers, f1, p50, 100 * layers, basis="gold"), 1.0)
+        files["metrics/gate.json"]["class_f1_drop_points"] = {"LOC": 0.3, "ORG": org, "PER": 0.2}
+        rows.append((name, files))
+    assert front.recommend(front.build(rows)).name == "L2"  # results older than the bound: not applied
+    for _, files in rows:
+        files["params.yaml"]["gate"]["max_class_f1_drop"] = 2.0
+    built = front.build(rows)
+    assert built.max_class_drop_points == 2.0 and built.points[0].class_drops["ORG"] == 2.5
+    assert front.recommend(built).name == "L3"
+    # A point without per-type figures (agreement, or a gate.json older than them) is judged on F1 alone.
+    del rows[0][1]["metrics/gate.json"]["class_f1_drop_points"]
+    assert front.recommend(front.build(rows)).name == "L2"
+
+
 def test_unfinished_experiments_are_named_among_those_left_out() -> None:
     built = front.build([("L2", _files(2, 0.80, 2.0, 300))], unfinished=["curly-coof: running, no results yet"])
     assert [p.name for p in built.points] == ["L2"] and built.left_out == ["curly-coof: running, no results yet"]

@@ -1,6 +1,6 @@
-"""Gate decisions on every boundary (latency 199/200/300/301 ms, gold and agreement drops, the F1
-floor, memory, the ratio to the teacher's int8 export), noisy latency and the export's fidelity, on
-the one variant gate.variant names, and gate.json's flat summary."""
+"""Gate decisions on every boundary (latency 199/200/300/301 ms, gold and agreement drops, the gold drop
+per entity type, the F1 floor, memory, the ratio to the teacher's int8 export), noisy latency and the
+export's fidelity, on the one variant gate.variant names, and gate.json's flat summary."""
 from __future__ import annotations
 
 import pytest
@@ -10,20 +10,32 @@ from nerdistill.params_reader import params_from_dict
 from nerdistill.results import GATE_KEYS, gate_summary
 from nerdistill.stages import gate
 
-PARAMS = params_from_dict({"gate": {"max_f1_drop": 1.0, "max_agreement_drop": 3.0, "min_f1": 0.5,
-                                    "go_latency_ms": 200, "nogo_latency_ms": 300, "max_memory_mb": 4096}})
+PARAMS = params_from_dict({"gate": {"max_f1_drop": 1.0, "max_class_f1_drop": 2.0, "max_agreement_drop": 3.0,
+                                    "min_f1": 0.5, "go_latency_ms": 200, "nogo_latency_ms": 300,
+                                    "max_memory_mb": 4096}})
 JUDGED = "onnx_int8"  # gate.variant's default
+TYPES = ("LOC", "ORG", "PER")
 
 
-def _eval(drop_agreement: float = 1.0, drop_gold: float | None = None, gold_f1: float = 0.87) -> dict:
-    """Scores of the judged export; the final student's are poor, so reading the wrong model shows."""
-    metrics = {"agreement": {"teacher": {"f1": 1.0}, JUDGED: {"f1": 1 - drop_agreement / 100}, "final": {"f1": 0.2}},
+def _eval(drop_agreement: float = 1.0, drop_gold: float | None = None, gold_f1: float = 0.87,
+          type_drops: dict[str, float] | None = None) -> dict:
+    """Scores of the judged export; the final student's are poor, so reading the wrong model shows. On gold
+    each entity type loses the overall drop, unless `type_drops` ({type: points}) says otherwise."""
+    metrics = {"teacher": "teacher",
+               "agreement": {"teacher": {"f1": 1.0}, JUDGED: {"f1": 1 - drop_agreement / 100}, "final": {"f1": 0.2}},
                "f1_drop_points": {"agreement": {JUDGED: drop_agreement, "final": 80.0}}}
     if drop_gold is not None:
-        metrics["gold"] = {"teacher": {"f1": gold_f1 + drop_gold / 100}, JUDGED: {"f1": gold_f1},
-                           "final": {"f1": 0.1}}
+        teacher_f1 = gold_f1 + drop_gold / 100
+        drops = {name: drop_gold for name in TYPES} | (type_drops or {})
+        metrics["gold"] = {"teacher": _scores(teacher_f1, dict.fromkeys(TYPES, teacher_f1)),
+                           JUDGED: _scores(gold_f1, {name: teacher_f1 - drop / 100 for name, drop in drops.items()}),
+                           "final": _scores(0.1, dict.fromkeys(TYPES, 0.1))}
         metrics["f1_drop_points"]["gold"] = {JUDGED: drop_gold, "final": 70.0}
     return metrics
+
+
+def _scores(f1: float, per_type: dict[str, float]) -> dict:
+    return {"f1": f1, "per_type": {name: {"f1": value} for name, value in per_type.items()}}
 
 
 def _bench(latency: float = 100.0, memory: float = 1000.0, teacher_disk: float | None = 100e6,
@@ -117,8 +129,9 @@ def test_default_judges_the_int8_export_and_writes_the_flat_summary() -> None:
     assert {key: result[key] for key in GATE_KEYS[:-2]} == {
         "decision": "GO", "basis": "agreement", "model": "onnx_int8", "variant": "cpu_onnx",
         "f1": pytest.approx(0.985), "f1_drop_points": 1.5, "latency_ratio_vs_teacher_fp32": 0.25,
-        "size_ratio_vs_teacher_fp32": 0.25, "latency_ratio_vs_teacher_int8": 100.0 / 350.0,
-        "size_ratio_vs_teacher_int8": 25e6 / 40e6, "doc_p50_ms": 100.0, "disk_bytes": 25e6, "peak_rss_mb": 900.0}
+        "size_ratio_vs_teacher_fp32": 0.25, "class_f1_drop_points": None,
+        "latency_ratio_vs_teacher_int8": 100.0 / 350.0, "size_ratio_vs_teacher_int8": 25e6 / 40e6, "doc_p50_ms": 100.0,
+        "disk_bytes": 25e6, "peak_rss_mb": 900.0}
     assert result["p95_over_p50"] == {"onnx_int8:cpu_onnx": 1.1, "teacher_int8:cpu_onnx": 1.1}
     assert [check["name"] for check in result["checks"]] == [
         "agreement_drop_points", "f1", "latency_stable", "cpu_latency_p50_ms", "latency_ratio_vs_teacher_int8",
@@ -255,3 +268,48 @@ def test_gate_json_keeps_only_the_spreads_its_stability_check_watched() -> None:
     result = gate.run(PARAMS, _eval(), bench)
     assert result["p95_over_p50"] == {"onnx_int8:cpu_onnx": 1.1, "teacher:cpu_fp32": 1.2, "teacher_int8:cpu_onnx": 1.1}
     assert list(result)[:3] == ["decision", "basis", "variant"]
+
+
+def test_one_entity_type_losing_more_than_the_bound_asks_for_review_and_names_it() -> None:
+    """0.8 points overall, within gate.max_f1_drop; ORG 2.5 points below the teacher's."""
+    result = gate.run(PARAMS, _eval(drop_gold=0.8, type_drops={"LOC": 0.4, "ORG": 2.5, "PER": 0.3}), _bench())
+    assert result["decision"] == "REVIEW"
+    assert result["class_f1_drop_points"] == pytest.approx({"LOC": 0.4, "ORG": 2.5, "PER": 0.3})
+    check = next(c for c in result["checks"] if c["name"] == "class_f1_drop_points")
+    assert (check["passed"], check["on_fail"], check["threshold"], check["worst_class"]) == \
+        (False, "REVIEW", 2.0, "ORG")
+    assert check["value"] == pytest.approx(2.5)
+    assert "worst ORG: LOC 0.40, ORG 2.50, PER 0.30" in check["source"]
+    assert all(c["passed"] for c in result["checks"] if c is not check)  # this check alone says REVIEW
+    assert "FAIL (REVIEW)  class_f1_drop_points = 2.50 (threshold 2)" in gate_summary(result)
+
+
+@pytest.mark.parametrize(("org_drop", "decision"), [(2.0, "GO"), (1.9, "GO"), (2.01, "REVIEW")])
+def test_every_entity_type_within_the_bound_passes(org_drop: float, decision: str) -> None:
+    result = gate.run(PARAMS, _eval(drop_gold=0.8, type_drops={"ORG": org_drop}), _bench())
+    check = next(c for c in result["checks"] if c["name"] == "class_f1_drop_points")
+    assert (result["decision"], check["passed"], check["worst_class"]) == (decision, decision == "GO", "ORG")
+
+
+def test_an_entity_type_the_model_never_scored_lost_all_its_f1() -> None:
+    metrics = _eval(drop_gold=0.5)
+    del metrics["gold"][JUDGED]["per_type"]["PER"]
+    result = gate.run(PARAMS, metrics, _bench())
+    assert result["class_f1_drop_points"]["PER"] == pytest.approx(87.5)
+    assert result["decision"] == "REVIEW"
+
+
+@pytest.mark.parametrize("variant", ["onnx_int8", "final:cpu_int8"])
+def test_without_a_gold_score_there_is_no_per_type_check(variant: str) -> None:
+    # No gold set at all, or a gold set evaluate could not score the in-memory int8 copy on.
+    metrics = _eval() if variant == JUDGED else _eval(drop_gold=0.5, type_drops={"ORG": 9.0})
+    result = gate.run(params_from_dict({"gate": {"variant": variant}}), metrics, _bench())
+    assert (result["basis"], result["class_f1_drop_points"], result["decision"]) == ("agreement", None, "GO")
+    assert all(c["name"] != "class_f1_drop_points" for c in result["checks"])
+
+
+def test_a_nogo_stays_nogo_when_an_entity_type_also_drops() -> None:
+    result = gate.run(PARAMS, _eval(drop_gold=1.5, type_drops={"ORG": 4.0}), _bench())
+    failed = {c["name"]: c["on_fail"] for c in result["checks"] if not c["passed"]}
+    assert failed == {"f1_drop_points": "NO-GO", "class_f1_drop_points": "REVIEW"}
+    assert result["decision"] == "NO-GO"

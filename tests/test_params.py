@@ -50,6 +50,7 @@ def test_every_student_layer_in_the_layer_map_starts_from_its_teacher_layer():
     ({"annotate": {"split": {"train": 0.8, "val": 0.1, "test": 0.2}}}, "annotate.split"),
     ({"evaluate": {"gold_path": "no/such/file.conll"}}, "evaluate.gold_path"),
     ({"gate": {"fail_on_nogo": "yes"}}, "gate.fail_on_nogo"),
+    ({"gate": {"max_class_f1_drop": -0.5}}, "gate.max_class_f1_drop"),
     ({"finetune": {"weights": [1.0, 0.8]}}, "finetune.weights"),
     ({"extra": {}}, "extra"),
     ({"student": {"vocab": "trimmed"}}, "student.vocab"),

@@ -149,8 +149,8 @@ def test_report_compares_workspace_baseline_and_experiment(toy_repo: tuple[Path,
     assert set(rows) == {"workspace", "main", exp_name}
 
     # The decision and the figures it rests on first, the params after.
-    assert page.headers[:7] == ["experiment", "state", "decision", "F1", "F1 drop (pts)", "latency / teacher fp32",
-                                "size / teacher fp32"]
+    assert page.headers[:8] == ["experiment", "state", "decision", "F1", "F1 drop (pts)", "worst class drop (pts)",
+                                "latency / teacher fp32", "size / teacher fp32"]
     assert page.headers.index("pruning.ratio") > page.headers.index("judged model")
     baseline, experiment = rows["main"], rows[exp_name]
     assert baseline["decision"] == ("GO", "GO") and experiment["decision"] == ("NO-GO", "NO-GO changed")
@@ -163,6 +163,7 @@ def test_report_compares_workspace_baseline_and_experiment(toy_repo: tuple[Path,
     assert experiment["train.temperature"] == ("2.5", "")
     assert experiment["final agreement F1"][0] == "0.9500" and experiment["judged p50 (ms)"][0] == "50.0"
     assert experiment["final gold F1"][0] == ""  # no gold set scored: an empty cell, not an error
+    assert experiment["worst class drop (pts)"][0] == ""  # nor a drop per entity type
     assert experiment["state"][0] == "" and baseline["state"][0] == ""
 
     # Self-contained: the sources are the inlined front and workspace PNGs, byte for byte.
@@ -202,6 +203,16 @@ def test_cells_follow_the_final_students_name_and_skip_missing_values() -> None:
     by_header = {column.header: cell(row, column) for column in COLUMNS}
     assert by_header["final agreement F1"] == "0.9123"
     assert by_header["final gold F1"] == "" and by_header["decision"] == "" and by_header["pruning.ratio"] == ""
+
+
+def test_the_worst_entity_type_and_its_drop_share_one_cell() -> None:
+    gate = {"decision": "REVIEW", "class_f1_drop_points": {"LOC": 0.4, "ORG": 2.5, "PER": 0.3}}
+    row = Row(name="x", kind="experiment", rev="abc1234", created="", baseline="main",
+              files={"metrics/gate.json": gate})
+    worst = next(column for column in COLUMNS if column.header == "worst class drop (pts)")
+    assert cell(row, worst) == "ORG 2.50"
+    gate["class_f1_drop_points"] = {}
+    assert cell(row, worst) == ""
 
 
 def test_an_unfinished_experiment_shows_its_state_and_params_but_no_figures() -> None:
@@ -285,6 +296,30 @@ def test_without_a_point_in_the_bound_the_report_says_how_far_the_best_falls_sho
     assert ("<b>No experiment is within 1 F1 point (gold) of the teacher in fp32 (0.7555)</b>: the best, L3, is "
             "1.55 points below it.") in page
     assert "Recommended" not in page
+
+
+def test_the_recommendation_names_the_per_type_bound_and_the_picks_worst_type(tmp_path: Path) -> None:
+    from nerdistill import front
+    from nerdistill.report import front_section
+    from nerdistill.results import SUMMARY_BYTES, SUMMARY_P50
+
+    def point(name: str, f1: float, p50: float, org: float) -> front.Point:
+        return front.Point(name=name, label=name, f1=f1, costs={SUMMARY_P50: p50, SUMMARY_BYTES: 1e6},
+                           ratios={SUMMARY_P50: p50 / 100, SUMMARY_BYTES: 0.1},
+                           ratios_int8={SUMMARY_P50: p50 / 50, SUMMARY_BYTES: 0.2},
+                           class_drops={"LOC": 0.2, "ORG": org, "PER": 0.1})
+
+    # L2 is cheaper and within the overall bound, but 2.5 points below the teacher on ORG.
+    students = [point("L2", 0.895, 10.0, 2.5), point("L3", 0.897, 20.0, 0.6)]
+    built = front.Front(basis="gold", points=students, teacher=[point("teacher cpu_fp32", 0.9, 100.0, 0.0)],
+                        fronts={SUMMARY_P50: students, SUMMARY_BYTES: students}, left_out=[], max_drop_points=1.0,
+                        max_class_drop_points=2.0)
+    png = tmp_path / "front.png"
+    png.write_bytes(_png())
+    page = front_section(built, png, [])
+    assert ("<b>Recommended: L3</b> (L3), the cheapest on CPU p50 within 1 F1 point (gold) of the teacher in fp32 "
+            "(0.9000) and within 2 gold F1 points of it on each entity type: F1 0.8970") in page
+    assert "its worst entity type, ORG, 0.60 gold F1 points below the teacher's.</p>" in page
 
 
 def test_a_queued_experiment_is_marked_kept_off_the_front_and_the_page_fits_a_laptop(

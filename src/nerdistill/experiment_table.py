@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from nerdistill.io import InputError
-from nerdistill.results import AGREEMENT, BENCH, EVAL, FINAL, GATE, GOLD, PARAMS_FILE, PRUNE, SUMMARY_DROP, \
-    SUMMARY_F1, SUMMARY_LATENCY_RATIO, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_SIZE_RATIO, f1_path
+from nerdistill.results import AGREEMENT, BENCH, CLASS_DROP, EVAL, FINAL, GATE, GOLD, PARAMS_FILE, PRUNE, \
+    SUMMARY_DROP, SUMMARY_F1, SUMMARY_LATENCY_RATIO, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_SIZE_RATIO, \
+    f1_path, worst_class
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Column:
     source: str              # PARAMS_FILE or a metrics file, as dvc.yaml names it
     path: tuple[str, ...]
     fmt: str = "{}"
+    # The value is {entity type: drop}: shown as its worst type and that drop ("ORG 2.50"), so one narrow cell
+    # says which type a reviewer should look at.
+    worst: bool = False
 
 
 # What a reviewer reads first: the gate's decision on the variant it judged and the figures it rests on.
@@ -34,6 +38,7 @@ LEAD_COLUMNS = (
     Column("decision", GATE, ("decision",)),
     Column("F1", GATE, (SUMMARY_F1,), "{:.4f}"),
     Column("F1 drop (pts)", GATE, (SUMMARY_DROP,), "{:.2f}"),
+    Column("worst class drop (pts)", GATE, (CLASS_DROP,), "{:.2f}", worst=True),
     Column("latency / teacher fp32", GATE, (SUMMARY_LATENCY_RATIO,), "{:.3f}"),
     Column("size / teacher fp32", GATE, (SUMMARY_SIZE_RATIO,), "{:.3f}"),
     Column("latency / teacher int8", GATE, (SUMMARY_LATENCY_RATIO_INT8,), "{:.3f}"),
@@ -133,6 +138,9 @@ def cell(row: Row, column: Column) -> str:
         if not isinstance(tree, dict):
             return ""
         tree = tree.get(final if key == FINAL else key)
+    if column.worst and isinstance(tree, dict) and tree:
+        name = worst_class(tree)
+        return f"{name} {column.fmt.format(tree[name])}"
     if tree is None or isinstance(tree, (dict, list)):
         return ""
     if isinstance(tree, bool) or not isinstance(tree, (int, float)):

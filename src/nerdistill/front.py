@@ -12,9 +12,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
-from nerdistill.results import AGREEMENT, BENCH, EVAL, FP32, GATE, GOLD, INT8, NOGO, PARAMS_FILE, SUMMARY_BYTES, \
-    SUMMARY_F1, SUMMARY_LATENCY_RATIO, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_RSS, SUMMARY_SIZE_RATIO, \
-    SUMMARY_SIZE_RATIO_INT8, f1_path, lookup, number, summary, variant_path
+from nerdistill.results import AGREEMENT, BENCH, CLASS_DROP, EVAL, FP32, GATE, GOLD, INT8, NOGO, PARAMS_FILE, \
+    SUMMARY_BYTES, SUMMARY_F1, SUMMARY_LATENCY_RATIO, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_RSS, \
+    SUMMARY_SIZE_RATIO, SUMMARY_SIZE_RATIO_INT8, f1_path, lookup, number, summary, variant_path
 from nerdistill.sweep import NAME_PARTS, point_name
 
 # Each cost a panel of the front is drawn against: its figure key -> (axis title, unit).
@@ -25,6 +25,7 @@ RATIOS_INT8 = {SUMMARY_P50: SUMMARY_LATENCY_RATIO_INT8, SUMMARY_BYTES: SUMMARY_S
 STEP_POINTS = 0.5  # "what each further 0.5 F1 point costs"
 # The gate's param bounding the F1 drop on each basis (`dvc exp show` keeps params, not gate.json's checks).
 DROP_BOUNDS = {GOLD: "max_f1_drop", AGREEMENT: "max_agreement_drop"}
+CLASS_BOUND = "max_class_f1_drop"  # the gate's param bounding the gold drop per entity type
 PARAMS = PARAMS_FILE
 
 T = TypeVar("T")
@@ -43,6 +44,7 @@ class Point:
     ratios_int8: dict[str, float | None] = field(default_factory=dict)
     memory_mb: float | None = None
     decision: str | None = None
+    class_drops: dict[str, float] = field(default_factory=dict)  # gate.json's; empty without gold
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class Front:
     fronts: dict[str, list[Point]]    # per cost: the non-dominated points, cheapest first
     left_out: list[str]               # experiments without figures on `basis`, with why
     max_drop_points: float | None = None  # gate.max_f1_drop (gold) or max_agreement_drop: the strictest
+    max_class_drop_points: float | None = None  # gate.max_class_f1_drop: the strictest
 
 
 def non_dominated(points: Sequence[T], quality: Callable[[T], float], cost: Callable[[T], float]) -> list[T]:
@@ -110,7 +113,7 @@ def build(rows: Sequence[tuple[str, dict[str, dict]]], unfinished: Sequence[str]
     if not found:
         return None
     basis = GOLD if any(b == GOLD for b, _, _ in found.values()) else AGREEMENT
-    points, bounds = [], []
+    points, bounds, class_bounds = [], [], []
     for name, (row_basis, figures, files) in found.items():
         if row_basis != basis:
             left_out.append(f"{name}: judged on {row_basis}, the front on {basis}")
@@ -119,13 +122,16 @@ def build(rows: Sequence[tuple[str, dict[str, dict]]], unfinished: Sequence[str]
                             costs={key: figures[key] for key in COSTS},
                             ratios={key: figures[ratio] for key, ratio in RATIOS.items()},
                             ratios_int8={key: figures[ratio] for key, ratio in RATIOS_INT8.items()},
-                            memory_mb=figures[SUMMARY_RSS], decision=files[GATE].get("decision")))
-        bound = (files.get(PARAMS, {}).get("gate") or {}).get(DROP_BOUNDS[basis])
-        if isinstance(bound, (int, float)) and not isinstance(bound, bool):
-            bounds.append(bound)
+                            memory_mb=figures[SUMMARY_RSS], decision=files[GATE].get("decision"),
+                            class_drops=files[GATE].get(CLASS_DROP) or {}))
+        gate = files.get(PARAMS, {}).get("gate") or {}
+        for found_bounds, key in ((bounds, DROP_BOUNDS[basis]), (class_bounds, CLASS_BOUND)):
+            if isinstance(gate.get(key), (int, float)) and not isinstance(gate.get(key), bool):
+                found_bounds.append(gate[key])
     fronts = {key: non_dominated(points, _f1, _cost(key)) for key in COSTS}
     return Front(basis=basis, points=points, teacher=_teacher([files for _, _, files in found.values()], basis),
-                 fronts=fronts, left_out=left_out, max_drop_points=min(bounds, default=None))
+                 fronts=fronts, left_out=left_out, max_drop_points=min(bounds, default=None),
+                 max_class_drop_points=min(class_bounds, default=None))
 
 
 def teacher_fp32(front: Front) -> Point | None:
@@ -144,16 +150,25 @@ def f1_bound(front: Front) -> tuple[float, str] | None:
 
 def recommend(front: Front, cost: str = SUMMARY_P50) -> Point | None:
     """The cheapest experiment on `cost` whose F1 is within the gates' drop bound of the teacher's (in
-    fp32) and whose gate did not say NO-GO (memory, a floor): cheapest by its cost over the teacher in its
+    fp32), whose gold drop per entity type, where its gate measured one, is within the gates' per-type
+    bound, and whose gate did not say NO-GO (memory, a floor): cheapest by its cost over the teacher in its
     own bench, where every point has that ratio (benches run at different times drift alike for teacher
     and student), else by the raw cost. None without a bound, a teacher reference or such an experiment."""
     teacher = teacher_fp32(front)
     if teacher is None or front.max_drop_points is None:
         return None
     within = [point for point in front.points
-              if 100 * (teacher.f1 - point.f1) <= front.max_drop_points and point.decision != NOGO]
+              if 100 * (teacher.f1 - point.f1) <= front.max_drop_points and point.decision != NOGO
+              and _classes_within(front, point)]
     by_ratio = all(point.ratios.get(cost) is not None for point in within)
     return min(within, key=(lambda point: point.ratios[cost]) if by_ratio else _cost(cost), default=None)
+
+
+def _classes_within(front: Front, point: Point) -> bool:
+    """Whether no entity type of `point` lost more gold F1 than the gates' per-type bound; true where either
+    is unknown (agreement basis, results or params older than the bound)."""
+    bound = front.max_class_drop_points
+    return bound is None or not point.class_drops or max(point.class_drops.values()) <= bound
 
 
 def _f1(point: Point) -> float:

@@ -231,6 +231,7 @@ class BenchParams(Section):
 @dataclass(frozen=True)
 class GateParams(Section):
     max_f1_drop: float = 1.0
+    max_class_f1_drop: float = 2.0
     max_agreement_drop: float = 5.0
     min_f1: float = 0.5
     go_latency_ms: float = 200.0
@@ -240,7 +241,7 @@ class GateParams(Section):
     min_export_fidelity: float = 0.99
     fail_on_nogo: bool = False
     variant: str = "onnx_int8"
-    minimums = {"max_f1_drop": 0, "max_memory_mb": 1, "max_latency_ratio_vs_teacher_int8": 0}
+    minimums = {"max_f1_drop": 0, "max_class_f1_drop": 0, "max_memory_mb": 1, "max_latency_ratio_vs_teacher_int8": 0}
 
     def check(self, key: str) -> None:
         _check(0 <= self.max_agreement_drop <= 100, f"{key}.max_agreement_drop", self.max_agreement_drop,

@@ -18,7 +18,7 @@ from nerdistill import front as pareto
 from nerdistill.experiment_table import GATE, Row, collect_rows, select_rows, table_html
 from nerdistill.io import InputError, write_text
 from nerdistill.plots import plot_front
-from nerdistill.results import gate_summary
+from nerdistill.results import gate_summary, worst_class
 from nerdistill.sweep import SUCCESS, read_results
 
 log = logging.getLogger(__name__)
@@ -137,11 +137,13 @@ def _recommendation(front: pareto.Front) -> str:
         return ""
     points = "point" if front.max_drop_points == 1 else "points"
     bound = f"within {front.max_drop_points:g} F1 {points} ({front.basis}) of the teacher in fp32 ({teacher.f1:.4f})"
+    if front.max_class_drop_points is not None and any(point.class_drops for point in front.points):
+        bound += f" and within {front.max_class_drop_points:g} gold F1 points of it on each entity type"
     pick = pareto.recommend(front)
     if pick is None:
         best = max(front.points, key=lambda point: point.f1)
         return (f"<p><b>No experiment is {html.escape(bound)}</b>: the best, {html.escape(best.name)}, is "
-                f"{100 * (teacher.f1 - best.f1):.2f} points below it.</p>")
+                f"{100 * (teacher.f1 - best.f1):.2f} points below it{_worst_class(best)}.</p>")
     ratios = ", ".join(
         f"{pareto.quantity(pick.costs[key], unit)} {html.escape(title)} ({_times(pick.ratios[key])} the teacher's "
         f"fp32, {_times(pick.ratios_int8[key])} its int8 export, in its bench)"
@@ -149,7 +151,15 @@ def _recommendation(front: pareto.Front) -> str:
     memory = "" if pick.memory_mb is None else f", peak memory {pick.memory_mb:.0f} MB"
     return (f"<p><b>Recommended: {html.escape(pick.name)}</b> ({html.escape(pick.label)}), the cheapest on CPU p50 "
             f"{html.escape(bound)}: F1 {pick.f1:.4f} ({100 * (pick.f1 - teacher.f1):+.2f} points), {ratios}"
-            f"{memory}.</p>")
+            f"{memory}{_worst_class(pick)}.</p>")
+
+
+def _worst_class(point: pareto.Point) -> str:
+    if not point.class_drops:
+        return ""
+    name = worst_class(point.class_drops)
+    return (f"; its worst entity type, {html.escape(name)}, {point.class_drops[name]:.2f} gold F1 points below "
+            "the teacher's")
 
 
 def _times(ratio: float | None) -> str:
@@ -177,9 +187,10 @@ def render(rows: list[Row], images: list[tuple[str, str]], gate_summary: str, fr
             f"<style>{STYLE}</style></head><body>\n<h1>nerdistill experiments</h1>\n"
             f"<p>Rows from <code>dvc exp show</code>: the workspace, each baseline commit and its experiments "
             f"(hover a name for its commit and date). First the gate's decision and the figures of the model "
-            f"variant it judged (gate.variant): its F1 and F1 drop on the gate's basis, its batch-1 CPU p50 and "
-            f"bytes over the teacher's; then the params; then the final PyTorch student's own F1. Red: differs "
-            f"from the baseline. A running, queued or failed experiment has no figures of its own yet.</p>\n"
+            f"variant it judged (gate.variant): its F1 and F1 drop on the gate's basis, the entity type that lost "
+            f"the most gold F1 points and how many, its batch-1 CPU p50 and bytes over the teacher's; then the "
+            f"params; then the final PyTorch student's own F1. Red: differs from the baseline. A running, queued or "
+            f"failed experiment has no figures of its own yet.</p>\n"
             f"{table_html(rows)}\n{front}\n{gate}<h2>Plots (workspace)</h2>\n{figures}\n</body></html>\n")
 
 

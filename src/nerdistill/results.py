@@ -17,10 +17,11 @@ int8 both) and `{vs_teacher_fp32(subject, figure): subject / teacher cpu_fp32}`.
 metrics/export.json: per export (`fp32`, `int8`) its bytes and fidelity to the PyTorch student on
 the test split (`f1_vs_pytorch`), and the vocabulary trimming's `heldout_segmentation`.
 metrics/gate.json: `GATE_KEYS`, decision first: the F1 basis, the judged variant, its F1 and F1 drop,
-its latency and size over the teacher's fp32; then the judged model, both over the teacher's int8
-export (null when unknown), its p50, bytes and peak memory, the p95/p50 spread of the judged variant
-and of the teacher references its ratios divide by, and `checks` (name, value, threshold, passed,
-on_fail, source). Sweep and Pareto reports read these keys, nothing deeper.
+its latency and size over the teacher's fp32, its gold F1 drop per entity type (`class_f1_drop_points`,
+null without gold); then the judged model, both over the teacher's int8 export (null when unknown),
+its p50, bytes and peak memory, the p95/p50 spread of the judged variant and of the teacher
+references its ratios divide by, and `checks` (name, value, threshold, passed, on_fail, source).
+Sweep and Pareto reports read these keys, nothing deeper.
 
 Key paths are tuples; FINAL in a path stands for the final student's name.
 """
@@ -52,11 +53,12 @@ SUMMARY_LATENCY_RATIO_INT8, SUMMARY_SIZE_RATIO_INT8 = "latency_ratio_vs_teacher_
 SUMMARY_KEYS = (SUMMARY_F1, SUMMARY_DROP, SUMMARY_LATENCY_RATIO, SUMMARY_SIZE_RATIO, SUMMARY_LATENCY_RATIO_INT8,
                 SUMMARY_SIZE_RATIO_INT8, SUMMARY_P50, SUMMARY_BYTES, SUMMARY_RSS)
 SPREAD = "p95_over_p50"
-# Decision first, then what a reviewer weighs it by (F1, its drop, latency and size over the teacher), then
-# the detail: `dvc metrics show`, `dvc exp show` and the report read the file in this order.
+CLASS_DROP = "class_f1_drop_points"  # {entity type: teacher - judged gold F1, in points}
+# Decision first, then what a reviewer weighs it by (F1, its drop, latency and size over the teacher, the drop
+# per entity type), then the detail: `dvc metrics show`, `dvc exp show` and the report read the file in this order.
 GATE_KEYS = ("decision", "basis", "variant", SUMMARY_F1, SUMMARY_DROP, SUMMARY_LATENCY_RATIO, SUMMARY_SIZE_RATIO,
-             "model", SUMMARY_LATENCY_RATIO_INT8, SUMMARY_SIZE_RATIO_INT8, SUMMARY_P50, SUMMARY_BYTES, SUMMARY_RSS,
-             SPREAD, "checks")
+             CLASS_DROP, "model", SUMMARY_LATENCY_RATIO_INT8, SUMMARY_SIZE_RATIO_INT8, SUMMARY_P50, SUMMARY_BYTES,
+             SUMMARY_RSS, SPREAD, "checks")
 
 
 def natural_variant(kind: str) -> str:
@@ -71,6 +73,10 @@ def vs_teacher_fp32(subject: str, figure: str) -> str:
 
 def f1_path(basis: str, model: str = FINAL) -> tuple[str, ...]:
     return (basis, model, "f1")
+
+
+def per_type_path(basis: str, model: str = FINAL) -> tuple[str, ...]:
+    return (basis, model, "per_type")
 
 
 def drop_path(basis: str, model: str = FINAL) -> tuple[str, ...]:
@@ -101,6 +107,11 @@ def number(tree: dict, path: tuple[str, ...], where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{where} {'.'.join(path)} = {value!r}; the gate needs a finite number")
     return float(value)
+
+
+def worst_class(drops: dict[str, float]) -> str:
+    """The entity type that lost the most F1 points; ties go to the first name alphabetically."""
+    return max(sorted(drops), key=drops.__getitem__)
 
 
 def gate_summary(result: dict) -> str:

@@ -16,6 +16,9 @@ Checks, all on that one variant:
   gate.max_agreement_drop, and past it the verdict is REVIEW (score a gold set to decide), never
   a gold threshold applied to agreement. A torch cpu_int8 variant has only bench's agreement F1
   (evaluate does not score it), so it is judged on the agreement basis.
+- on the gold basis, the drop per entity type the teacher was scored on (teacher - model gold F1 in
+  points) <= gate.max_class_f1_drop, else REVIEW: an overall drop within bound can hide one type
+  losing much more. Without gold the check is absent and `class_f1_drop_points` null.
 - a floor: the F1 on that basis >= gate.min_f1, else NO-GO whatever the drop (a useless teacher
   makes any drop look small).
 - without gold, the export's fidelity: the int8 (or fp32) export's F1 against the PyTorch student on
@@ -42,9 +45,10 @@ from pathlib import Path
 
 from nerdistill.io import read_json
 from nerdistill.params import Params, ParamsError
-from nerdistill.results import AGREEMENT, CPU_VARIANTS, EXPORTS, FP32, GATE_KEYS, GO, GOLD, INT8, NOGO, ONNX, REVIEW, \
-    SPREAD, SUMMARY_DROP, SUMMARY_F1, SUMMARY_KEYS, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, SUMMARY_RSS, TEACHER_INT8, \
-    gate_summary, judged_basis, judged_figures, lookup, natural_variant, number
+from nerdistill.results import AGREEMENT, CLASS_DROP, CPU_VARIANTS, EXPORTS, FP32, GATE_KEYS, GO, GOLD, INT8, NOGO, \
+    ONNX, REVIEW, SPREAD, SUMMARY_DROP, SUMMARY_F1, SUMMARY_KEYS, SUMMARY_LATENCY_RATIO_INT8, SUMMARY_P50, \
+    SUMMARY_RSS, TEACHER_INT8, gate_summary, judged_basis, judged_figures, lookup, natural_variant, number, \
+    per_type_path, worst_class
 from nerdistill.tracking import ONNX_DIGEST, StageRun, tracked_stage
 
 log = logging.getLogger(__name__)
@@ -54,8 +58,9 @@ def run(params: Params, eval_metrics: dict, bench_metrics: dict, export_metrics:
     model, variant = _judged(params, eval_metrics, bench_metrics)
     basis = judged_basis(variant, eval_metrics)
     figures = judged_figures(model, variant, eval_metrics, bench_metrics)
+    class_drops = _class_drops(eval_metrics, model) if basis == GOLD else None
     spreads = _spreads(bench_metrics)
-    checks = _checks(params, bench_metrics, export_metrics, model, variant, basis, figures, spreads)
+    checks = _checks(params, bench_metrics, export_metrics, model, variant, basis, figures, class_drops, spreads)
     failed = [check for check in checks if not check["passed"]]
     steady = all(check["passed"] for check in checks if check["name"] == "latency_stable")
     nogo = any(check["on_fail"] == NOGO for check in failed) or (
@@ -64,7 +69,7 @@ def run(params: Params, eval_metrics: dict, bench_metrics: dict, export_metrics:
     # bury the decision in `dvc metrics diff`.
     watched = {key: spreads[key] for key in _references(bench_metrics, f"{model}:{variant}") if key in spreads}
     values = {"decision": NOGO if nogo else REVIEW if failed else GO, "basis": basis, "model": model,
-              "variant": variant, **figures, SPREAD: watched, "checks": checks}
+              "variant": variant, **figures, CLASS_DROP: class_drops, SPREAD: watched, "checks": checks}
     result = {key: values[key] for key in GATE_KEYS}  # decision first
     log.info("gate: %s (%s basis, %s %s)", result["decision"], basis, model, variant)
     return result
@@ -96,6 +101,20 @@ def _judged(params: Params, eval_metrics: dict, bench_metrics: dict) -> tuple[st
     return model, variant
 
 
+def _class_drops(eval_metrics: dict, model: str) -> dict[str, float]:
+    """Teacher - model gold F1 in points per entity type the teacher was scored on. A type missing from the
+    model's scores is neither in the gold set nor among its predictions: F1 0, as seqeval's zero_division=0."""
+    def f1(name: str, entity_type: str) -> float:
+        path = per_type_path(GOLD, name)
+        return number(eval_metrics, (*path, entity_type, "f1"), "eval") if entity_type in lookup(
+            eval_metrics, path, "eval") else 0.0
+
+    teacher = lookup(eval_metrics, ("teacher",), "eval")
+    # Rounded: float noise in the difference of two F1s (0.88 - 0.86) must not put a drop at the bound past it.
+    return {entity_type: round(100 * (f1(teacher, entity_type) - f1(model, entity_type)), 6)
+            for entity_type in lookup(eval_metrics, per_type_path(GOLD, teacher), "eval")}
+
+
 def _spreads(bench: dict) -> dict[str, float]:
     """p95/p50 of the document latency of every CPU variant bench measured, as "model:variant" -> spread."""
     out = {}
@@ -111,7 +130,7 @@ def _spreads(bench: dict) -> dict[str, float]:
 
 
 def _checks(params: Params, bench: dict, export: dict | None, model: str, variant: str, basis: str,
-            figures: dict, spreads: dict[str, float]) -> list[dict]:
+            figures: dict, class_drops: dict[str, float] | None, spreads: dict[str, float]) -> list[dict]:
     gate, judged = params.gate, f"{model} ({variant})"
     f1, drop = figures[SUMMARY_F1], figures[SUMMARY_DROP]
     if basis == GOLD:
@@ -121,7 +140,16 @@ def _checks(params: Params, bench: dict, export: dict | None, model: str, varian
         quality = _check("agreement_drop_points", drop, gate.max_agreement_drop, drop <= gate.max_agreement_drop,
                          REVIEW, f"teacher - {judged} F1 against the teacher's own tags, in points; no gold score "
                          "for it, so disagreement may be the teacher's error: set evaluate.gold_path to decide")
-    checks = [quality, _check("f1", f1, gate.min_f1, f1 >= gate.min_f1, NOGO, f"F1 of {judged} on the {basis} basis")]
+    checks = [quality]
+    if class_drops:
+        worst = worst_class(class_drops)
+        listed = ", ".join(f"{name} {class_drops[name]:.2f}" for name in sorted(class_drops))
+        checks.append({**_check(CLASS_DROP, class_drops[worst], gate.max_class_f1_drop,
+                                class_drops[worst] <= gate.max_class_f1_drop, REVIEW,
+                                f"teacher - {judged} F1 on the gold set per entity type, in points, worst {worst}: "
+                                f"{listed}"),
+                       "worst_class": worst})
+    checks.append(_check("f1", f1, gate.min_f1, f1 >= gate.min_f1, NOGO, f"F1 of {judged} on the {basis} basis"))
     if basis == AGREEMENT and model in EXPORTS and export:
         fidelity = number(export, (EXPORTS[model], "f1_vs_pytorch"), "export")
         checks.append(_check("export_fidelity", fidelity, gate.min_export_fidelity,
