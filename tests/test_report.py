@@ -250,7 +250,7 @@ def test_report_draws_the_pareto_front(toy_repo: tuple[Path, str], tmp_path: Pat
     latency = page.split("<h3>Front on CPU p50")[1].split("</table>")[0]
     assert "<td>L3-h25</td><td>0.9750</td><td>25 ms</td>" in latency
     # Both rows are within the gate's 5-point bound; the baseline is the cheaper.
-    assert ("<b>Recommended: main</b> (L3-h25), the cheapest on CPU p50 within 5 F1 points (agreement) of the "
+    assert ("<b>Recommended: main</b> (L3-h25), the cheapest on CPU p50 (within 8 %, the smallest on disk) within 5 F1 points (agreement) of the "
             "teacher in fp32 (1.0000): F1 0.9750 (-2.50 points), 25 ms CPU p50 per document (0.12&times; the "
             "teacher's fp32, ?&times; its int8 export, in its bench)") in page  # no teacher int8 in the toy bench
     assert "peak memory 100 MB." in page
@@ -317,7 +317,7 @@ def test_the_recommendation_names_the_per_type_bound_and_the_picks_worst_type(tm
     png = tmp_path / "front.png"
     png.write_bytes(_png())
     page = front_section(built, png, [])
-    assert ("<b>Recommended: L3</b> (L3), the cheapest on CPU p50 within 1 F1 point (gold) of the teacher in fp32 "
+    assert ("<b>Recommended: L3</b> (L3), the cheapest on CPU p50 (within 8 %, the smallest on disk) within 1 F1 point (gold) of the teacher in fp32 "
             "(0.9000) and within 2 gold F1 points of it on each entity type: F1 0.8970") in page
     assert "its worst entity type, ORG, 0.60 gold F1 points below the teacher's.</p>" in page
 

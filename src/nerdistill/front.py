@@ -23,6 +23,10 @@ COSTS = {SUMMARY_P50: ("CPU p50 per document", "ms"), SUMMARY_BYTES: ("size on d
 RATIOS = {SUMMARY_P50: SUMMARY_LATENCY_RATIO, SUMMARY_BYTES: SUMMARY_SIZE_RATIO}
 RATIOS_INT8 = {SUMMARY_P50: SUMMARY_LATENCY_RATIO_INT8, SUMMARY_BYTES: SUMMARY_SIZE_RATIO_INT8}
 STEP_POINTS = 0.5  # "what each further 0.5 F1 point costs"
+# Latencies within this share of the cheapest are a tie, won by the smaller file: two benches of one
+# export on this 2-core CPU differ by up to 0.02 in a ratio near 0.25 (docs/results.md, Pareto sweep),
+# and a trimmed vocabulary changes the bytes, not the compute.
+LATENCY_TIE = 0.08
 # The gate's param bounding the F1 drop on each basis (`dvc exp show` keeps params, not gate.json's checks).
 DROP_BOUNDS = {GOLD: "max_f1_drop", AGREEMENT: "max_agreement_drop"}
 CLASS_BOUND = "max_class_f1_drop"  # the gate's param bounding the gold drop per entity type
@@ -153,15 +157,20 @@ def recommend(front: Front, cost: str = SUMMARY_P50) -> Point | None:
     fp32), whose gold drop per entity type, where its gate measured one, is within the gates' per-type
     bound, and whose gate did not say NO-GO (memory, a floor): cheapest by its cost over the teacher in its
     own bench, where every point has that ratio (benches run at different times drift alike for teacher
-    and student), else by the raw cost. None without a bound, a teacher reference or such an experiment."""
+    and student), else by the raw cost; among those within LATENCY_TIE of the cheapest, the smallest on
+    disk. None without a bound, a teacher reference or such an experiment."""
     teacher = teacher_fp32(front)
     if teacher is None or front.max_drop_points is None:
         return None
     within = [point for point in front.points
               if 100 * (teacher.f1 - point.f1) <= front.max_drop_points and point.decision != NOGO
               and _classes_within(front, point)]
+    if not within:
+        return None
     by_ratio = all(point.ratios.get(cost) is not None for point in within)
-    return min(within, key=(lambda point: point.ratios[cost]) if by_ratio else _cost(cost), default=None)
+    key = (lambda point: point.ratios[cost]) if by_ratio else _cost(cost)
+    cheapest = key(min(within, key=key))
+    return min((point for point in within if key(point) <= cheapest * (1 + LATENCY_TIE)), key=_cost(SUMMARY_BYTES))
 
 
 def _classes_within(front: Front, point: Point) -> bool:

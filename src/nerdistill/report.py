@@ -150,7 +150,7 @@ def _recommendation(front: pareto.Front) -> str:
         for key, (title, unit) in pareto.COSTS.items())
     memory = "" if pick.memory_mb is None else f", peak memory {pick.memory_mb:.0f} MB"
     return (f"<p><b>Recommended: {html.escape(pick.name)}</b> ({html.escape(pick.label)}), the cheapest on CPU p50 "
-            f"{html.escape(bound)}: F1 {pick.f1:.4f} ({100 * (pick.f1 - teacher.f1):+.2f} points), {ratios}"
+            f"(within {100 * pareto.LATENCY_TIE:.0f} %, the smallest on disk) {html.escape(bound)}: F1 {pick.f1:.4f} ({100 * (pick.f1 - teacher.f1):+.2f} points), {ratios}"
             f"{memory}{_worst_class(pick)}.</p>")
 
 
