@@ -164,6 +164,25 @@ def test_embeddings_are_int8_unless_told_otherwise(exported, tmp_path):
     assert (tmp_path / MODEL_FILE).stat().st_size > 1.5 * metrics["int8"]["bytes"]
 
 
+def test_tagger_sessions_run_residual_layer_norms_unfused(int8_dir, tmp_path):
+    """Every export is run as Add + LayerNormalization, never as onnxruntime's slower SkipLayerNormalization
+    (tagger.onnx.SLOW_FUSIONS), and its emissions are the same as with the fusion."""
+    import onnxruntime as ort
+
+    from nerdistill.tagger.onnx import _session
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "as_run.onnx")  # the graph after the session's fusions
+    session = _session(int8_dir / MODEL_FILE, options, ["CPUExecutionProvider"])
+    ops = {node.op_type for node in onnx.load(tmp_path / "as_run.onnx").graph.node}
+    assert "LayerNormalization" in ops and "SkipLayerNormalization" not in ops
+
+    fused = ort.InferenceSession(str(int8_dir / MODEL_FILE), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": [[0, 5, 6, 7, 2]], "attention_mask": [[1] * 5], "word_index": [[1, 2, 3]]}
+    feeds = {name: torch.tensor(value).numpy() for name, value in feeds.items()}
+    assert session.run(["emissions"], feeds)[0] == pytest.approx(fused.run(["emissions"], feeds)[0], abs=0.05)
+
+
 def test_onnx_windows_long_lines_like_pytorch(student_dir, fp32_dir, annotated_dir):
     text = " ".join(record["text"] for record in load_split(annotated_dir / "train.jsonl")[:15])
     windows = {"max_length": 40, "stride": 12, "batch_size": 4}
