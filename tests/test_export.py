@@ -166,7 +166,7 @@ def test_embeddings_are_int8_unless_told_otherwise(exported, tmp_path):
 
 def test_tagger_sessions_run_residual_layer_norms_unfused(int8_dir, tmp_path):
     """Every export is run as Add + LayerNormalization, never as onnxruntime's slower SkipLayerNormalization
-    (tagger.onnx.SLOW_FUSIONS), and its emissions are the same as with the fusion."""
+    (onnx_session.SLOW_FUSIONS), and its emissions are the same as with the fusion."""
     import onnxruntime as ort
 
     from nerdistill.tagger.onnx import _session

@@ -43,6 +43,7 @@ from nerdistill.labels import ordered_labels
 from nerdistill.model_folders import (CRF_FILE, EXPORTED_TEACHER, ONNX_MANIFEST, check_vocabulary, load_tokenizer,
                                       model_kind, student_window, window_length)
 from nerdistill.modeling import CrfStudent, parameter_count
+from nerdistill.onnx_session import inference_session
 from nerdistill.params import ExportParams
 from nerdistill.text import split_words
 
@@ -292,13 +293,7 @@ def _write_crf(student: CrfStudent, path: Path) -> None:
 
 
 def _max_difference(graph: nn.Module, model_path: Path, example: dict[str, torch.Tensor]) -> float:
-    import onnxruntime as ort
-
-    from nerdistill.tagger.onnx import SLOW_FUSIONS
-
-    # The graph the tagger runs (tagger.onnx leaves some fusions out), so that the difference is the shipped one.
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"],
-                                   disabled_optimizers=list(SLOW_FUSIONS))
+    session = inference_session(model_path)  # the graph the tagger runs, so that the difference is the shipped one
     (emissions,) = session.run(["emissions"], {name: example[name].numpy() for name in INPUTS})  # (B, W, L)
     with torch.inference_mode():
         expected = graph(*(example[name] for name in INPUTS)).numpy()  # (B, W, L)

@@ -14,14 +14,8 @@ from transformers import PreTrainedTokenizerBase
 from nerdistill.crf import CrfWeights
 from nerdistill.io import InputError, read_json
 from nerdistill.model_folders import CRF_FILE, EXPORTED_TEACHER, ONNX_MANIFEST, check_vocabulary, load_tokenizer
+from nerdistill.onnx_session import inference_session
 from nerdistill.tagger.core import WindowLimits, WindowOutput, argmax_outputs, with_scores
-
-# onnxruntime's graph fusions left out of every session of an export. SkipLayerNormFusion makes each residual
-# Add + LayerNormalization one SkipLayerNormalization, whose CPU kernel ran 8x slower than the two ops it replaces
-# (1.35 vs 0.17 ms on 352 x 768, onnxruntime 1.32, AMD EPYC): without it, a CamemBERT-base-shaped 3-layer int8
-# student (9 heads, FFN 922) took a 350-sub-token document in 36.4 ms p50 instead of 45.3 (2 threads, interleaved,
-# load average 2.5, OMP_WAIT_POLICY=PASSIVE as in bench), with fp32 emissions within 2e-6 of the fused graph's.
-SLOW_FUSIONS = ("SkipLayerNormFusion",)
 
 
 class OnnxBackend:
@@ -67,11 +61,10 @@ class OnnxBackend:
 
 def _session(path: Path, options: Any, providers: list[str]) -> Any:
     """An onnxruntime session of `path`, refused in one line when the file is cut short or not a model."""
-    import onnxruntime as ort
     from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidGraph, InvalidProtobuf
 
     try:
-        return ort.InferenceSession(str(path), options, providers=providers, disabled_optimizers=list(SLOW_FUSIONS))
+        return inference_session(path, options, providers)
     except (InvalidProtobuf, InvalidArgument, InvalidGraph) as err:
         raise InputError(f"{path.parent}: {path.name} is truncated or not an ONNX model ({str(err).strip()}); "
                          "re-run the export that wrote it") from err
