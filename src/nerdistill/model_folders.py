@@ -10,7 +10,6 @@ otherwise fails with a traceback or, for a missing tokenizer, quietly builds one
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from safetensors import SafetensorError, safe_open
 from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from nerdistill.io import InputError, read_json
-from nerdistill.params import Params
-from nerdistill.params_reader import flat
 
 # The config.json model_type of a student (modeling.StudentConfig's): the kind of a folder is read
 # from its files alone, so a teacher's tagger never imports the student model.
@@ -151,14 +148,6 @@ def student_window(config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase)
     length = min(int(trained.get("student.max_length", limit)), limit)
     return length, min(int(trained.get("teacher.stride", length // 4)), length // 2 - 1)
 
-
-def provenance(params: Params, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What a saved student carries about how it was made: the teacher, the copied layers, the layer
-    map and every param of the stage that trained it last, on top of what earlier stages recorded
-    (prune's kept heads). `params` also tells a tagger the window the student was trained with."""
-    return {**(earlier or {}), "teacher": params.teacher.model_name,
-            "teacher_layers": list(params.student.teacher_layers),
-            "layer_map": dataclasses.asdict(params.train.layer_map), "params": flat(params)}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, verb: str) -> None:

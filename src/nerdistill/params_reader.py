@@ -66,6 +66,15 @@ def select(params: Params, keys: typing.Iterable[str]) -> dict[str, Any]:
             if any(name == key or name.startswith(f"{key}.") for key in prefixes)}
 
 
+def provenance(params: Params, earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a saved student carries about how it was made: the teacher, the copied layers, the layer
+    map and every param of the stage that trained it last, on top of what earlier stages recorded
+    (prune's kept heads). `params` also tells a tagger the window the student was trained with."""
+    return {**(earlier or {}), "teacher": params.teacher.model_name,
+            "teacher_layers": list(params.student.teacher_layers),
+            "layer_map": dataclasses.asdict(params.train.layer_map), "params": flat(params)}
+
+
 def _flatten(tree: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
     for name, value in tree.items():
         key = f"{prefix}{name}"

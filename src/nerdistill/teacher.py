@@ -17,11 +17,17 @@ from nerdistill.model_folders import check_vocabulary, check_weights, load_token
 from nerdistill.params import Params, ParamsError
 
 
-def check_against_teacher(params: Params) -> None:
+def stage_teacher(params: Params, device: str | torch.device = "cpu"
+                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The teacher of a training stage (`teacher.model_name`) and its tokenizer, once every params value
+    that depends on it has been checked against its config."""
+    return load_teacher(params.teacher.model_name, device, params=params)
+
+
+def _check_against_teacher(params: Params, config: PretrainedConfig) -> None:
     """Check every params value that depends on the teacher against its config alone (no weights:
     seconds, not the minutes of a big teacher), before a stage writes or deletes anything."""
-    name = params.teacher.model_name
-    depth = teacher_config(name).num_hidden_layers
+    name, depth = params.teacher.model_name, config.num_hidden_layers
     for key, layers in (("student.teacher_layers", params.student.teacher_layers),
                         ("train.layer_map.teacher", params.train.layer_map.teacher)):
         bad = [layer for layer in layers if not 1 <= layer <= depth]
@@ -56,13 +62,16 @@ def _first_line(err: BaseException) -> str:
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
-def load_teacher(name_or_path: str | Path, device: str | torch.device = "cpu", key: str = "teacher.model_name"
-                 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_teacher(name_or_path: str | Path, device: str | torch.device = "cpu", key: str = "teacher.model_name",
+                 params: Params | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A frozen token-classification teacher in eval mode, and its tokenizer; errors name `key`,
     where the user set the path (a params key or a command-line option). A folder's weights and
-    tokenizer files are checked before anything loads, and the tokenizer must be the model's."""
+    tokenizer files are checked before anything loads, and the tokenizer must be the model's; with
+    `params`, every value that depends on the teacher is checked against its config before that."""
     name = str(name_or_path)
     folder = _local_folder(name, key)
+    if params is not None:
+        _check_against_teacher(params, teacher_config(name))
     try:
         if folder is not None:
             check_weights(folder, "copy or download the teacher's folder again")

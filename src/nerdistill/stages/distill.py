@@ -14,11 +14,11 @@ from transformers import set_seed
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
 from nerdistill.losses import Curriculum, DistillContext
-from nerdistill.model_folders import provenance
 from nerdistill.modeling import build_student, save_student
 from nerdistill.params import Params
+from nerdistill.params_reader import provenance
 from nerdistill.plots import plot_training
-from nerdistill.teacher import check_against_teacher, load_teacher
+from nerdistill.teacher import stage_teacher
 from nerdistill.tracking import is_main_process, tracked_stage
 from nerdistill.trainer import train_student
 
@@ -26,10 +26,9 @@ from nerdistill.trainer import train_student
 def run(params: Params, data_dir: Path, out_dir: Path, history_csv: Path, components_csv: Path,
         plot_png: Path, checkpoint_dir: Path, resume: bool = False) -> dict:
     train, distill, student_params = params.train, params.distill, params.student
-    check_against_teacher(params)
     # The emissions layer and the CRF are initialised before Trainer seeds anything.
     set_seed(params.base.seed)
-    teacher, tokenizer = load_teacher(params.teacher.model_name)
+    teacher, tokenizer = stage_teacher(params)
     data = load_training_data(AnnotatedDir(data_dir), tokenizer, student_params.max_length, params.teacher.stride)
     context = DistillContext.build(data.id2label, student_params.num_layers, teacher.config.id2label,
                                    data.transitions, train.layer_map.pairs(), train.temperature,

@@ -8,11 +8,12 @@ from pathlib import Path
 from nerdistill.annotated import AnnotatedDir
 from nerdistill.data import load_training_data
 from nerdistill.losses import Curriculum, DistillContext
-from nerdistill.model_folders import check_weights, provenance
+from nerdistill.model_folders import check_weights
 from nerdistill.modeling import CrfStudent, save_student
 from nerdistill.params import Params
+from nerdistill.params_reader import provenance
 from nerdistill.plots import plot_training
-from nerdistill.teacher import check_against_teacher, load_teacher
+from nerdistill.teacher import stage_teacher
 from nerdistill.tracking import is_main_process, tracked_stage
 from nerdistill.trainer import train_student
 
@@ -21,8 +22,7 @@ def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, history_
         checkpoint_dir: Path, resume: bool = False) -> dict:
     train = params.train
     check_weights(Path(model_dir), "re-run the stage that wrote it (dvc repro prune)")
-    check_against_teacher(params)
-    teacher, tokenizer = load_teacher(params.teacher.model_name)
+    teacher, tokenizer = stage_teacher(params)
     data = load_training_data(AnnotatedDir(data_dir), tokenizer, params.student.max_length, params.teacher.stride)
     student = CrfStudent.from_pretrained(model_dir)
     student.config.provenance = provenance(params, earlier=student.config.provenance)

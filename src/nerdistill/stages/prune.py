@@ -26,7 +26,7 @@ from nerdistill.model_folders import check_weights
 from nerdistill.modeling import CrfStudent, save_student
 from nerdistill.params import Params, PruningParams
 from nerdistill.plots import plot_importance
-from nerdistill.teacher import check_against_teacher, load_teacher
+from nerdistill.teacher import stage_teacher
 from nerdistill.tracking import tracked_stage
 from nerdistill.trainer import Scorer
 
@@ -38,9 +38,8 @@ HEADS_FILE = "heads_pruned.json"  # beside the pruned model: kept and removed he
 def run(params: Params, model_dir: Path, data_dir: Path, out_dir: Path, importance_json: Path,
         heatmap_png: Path) -> dict:
     check_weights(Path(model_dir), "re-run the stage that wrote it (dvc repro distill)")
-    check_against_teacher(params)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher, tokenizer = load_teacher(params.teacher.model_name, device)
+    teacher, tokenizer = stage_teacher(params, device)
     student = CrfStudent.from_pretrained(model_dir).to(device)
     data = load_training_data(AnnotatedDir(data_dir), tokenizer, params.student.max_length, params.teacher.stride)
     originals = pruning.originals_now(student, model_dir)
